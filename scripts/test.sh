@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The README's test command: set up `.venv` if needed, then lint and run the whole test suite.
+# Extra arguments go to pytest (e.g. `scripts/test.sh tests/core -x`).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$root/scripts/setup_env.sh"
+cd "$root"
+.venv/bin/ruff check .
+.venv/bin/python -m pytest "$@"
