@@ -43,3 +43,8 @@ for other in ("encoders", "mixer", "llm", "data", "pipeline"):
         assert importlib.util.find_spec(f"sphinx_mllm.{other}") is None, f"sphinx_mllm.{other} importable"
 print(f"standalone: ok ({len(installed)} distributions in the venv)")
 PY
+checks="$root/.ci/standalone_$name.py"
+if [ -f "$checks" ]; then
+  echo "standalone: $checks"
+  (cd "$work" && "$work/venv/bin/python" "$checks")
+fi

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import warnings
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from PIL import Image
 
 from sphinx_mllm.core import PluginLoadWarning
+from sphinx_mllm.encoders import create_encoder
 from sphinx_mllm.pipeline.components import ALL_REGISTRIES, describe_components
 
 app = typer.Typer(
@@ -60,6 +64,34 @@ def components(
             )
     for error in errors:
         typer.echo(f"skipped: {error}", err=True)
+
+
+@app.command()
+def encode(
+    image: Annotated[Path, typer.Argument(help="An image file (any format Pillow reads).")],
+    encoder: Annotated[
+        list[str], typer.Option("--encoder", "-e", help="Registered encoder name (repeatable).")
+    ],
+    pretrained: Annotated[
+        str | None, typer.Option(help="Weights for every encoder: a path or a library source.")
+    ] = None,
+) -> None:
+    """Encode one image with each named encoder and print the visual tokens it gives."""
+    if not image.is_file():
+        raise typer.BadParameter(f"no image file at {image}", param_hint="IMAGE")
+    photo = Image.open(image)
+    typer.echo(f"{image.name}: {photo.width}x{photo.height} {photo.mode}")
+    for name in encoder:
+        model = create_encoder(name, pretrained=pretrained)
+        started = time.perf_counter()
+        output = model(model.transform(photo).unsqueeze(0))
+        elapsed = time.perf_counter() - started
+        grid = "queries" if output.grid is None else f"grid {output.grid[0]}x{output.grid[1]}"
+        lead = " + leading token" if output.leading_token else ""
+        typer.echo(
+            f"  {name:<22} input {model.input_size[0]}x{model.input_size[1]}  tokens "
+            f"{tuple(output.tokens.shape[1:])}  {grid}{lead}  {elapsed * 1e3:.1f} ms"
+        )
 
 
 def main() -> None:
