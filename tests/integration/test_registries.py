@@ -18,6 +18,7 @@ EXPECTED_KINDS = {
     "projectors",
     "view_splitters",
     "merge_methods",
+    "language_models",
     "task_builders",
     "chat_templates",
     "model_presets",

@@ -128,7 +128,14 @@ class ComponentRegistry(catalogue.Registry):
     def info(self, name: str) -> ComponentInfo:
         """Provenance and one-line summary of a component."""
         component = self.get(name)
-        summary = (inspect.getdoc(component) or "").strip().split("\n", 1)[0]
+        own = getattr(
+            component, "summary", None
+        )  # objects such as merge methods describe themselves
+        summary = (
+            own
+            if isinstance(own, str)
+            else (inspect.getdoc(component) or "").strip().split("\n", 1)[0]
+        )
         if (*self.namespace, name) in catalogue.REGISTRY:
             module = getattr(component, "__module__", "?")
             qualname = getattr(component, "__qualname__", type(component).__name__)

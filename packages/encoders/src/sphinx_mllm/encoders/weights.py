@@ -8,7 +8,6 @@ safetensors files are read tensor by tensor (memory mapped); PyTorch pickles are
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-SAFETENSORS_INDEX = "model.safetensors.index.json"
+from sphinx_mllm.core.weight_files import find_weight_files as find_files
+
 KNOWN_WEIGHT_FILES = (
     "model.safetensors",
     "open_clip_model.safetensors",
@@ -45,27 +45,8 @@ class LoadReport:
 
 def find_weight_files(path: str | Path) -> list[Path]:
     """The weight files at `path`: the file itself, the shards of a safetensors index, or the
-    single known weight file of a directory."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise FileNotFoundError(f"No weights file or directory at {path}")
-    index = path / SAFETENSORS_INDEX
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [path / shard for shard in shards]
-    for name in KNOWN_WEIGHT_FILES:
-        if (path / name).is_file():
-            return [path / name]
-    candidates = sorted(path.glob("*.safetensors"))
-    if len(candidates) == 1:
-        return candidates
-    found = sorted(child.name for child in path.iterdir())
-    raise FileNotFoundError(
-        f"No weights in {path}: expected {SAFETENSORS_INDEX}, one of {list(KNOWN_WEIGHT_FILES)} or "
-        f"a single *.safetensors file; found {found}"
-    )
+    single known weight file of a directory (open_clip's names included)."""
+    return find_files(path, single_files=KNOWN_WEIGHT_FILES)
 
 
 class CheckpointReader:

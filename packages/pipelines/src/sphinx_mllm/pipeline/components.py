@@ -5,6 +5,7 @@ from __future__ import annotations
 from sphinx_mllm.core import ComponentInfo, ComponentRegistry, PluginLoadError
 from sphinx_mllm.data.registry import CHAT_TEMPLATES, TASK_BUILDERS
 from sphinx_mllm.encoders.registry import ENCODERS
+from sphinx_mllm.llm.language_models import LANGUAGE_MODELS
 from sphinx_mllm.llm.registry import MERGE_METHODS
 from sphinx_mllm.mixer.registry import MIXERS, PROJECTORS, VIEW_SPLITTERS
 from sphinx_mllm.pipeline.registry import MODEL_PRESETS
@@ -17,6 +18,7 @@ ALL_REGISTRIES: dict[str, ComponentRegistry] = {
         PROJECTORS,
         VIEW_SPLITTERS,
         MERGE_METHODS,
+        LANGUAGE_MODELS,
         TASK_BUILDERS,
         CHAT_TEMPLATES,
         MODEL_PRESETS,

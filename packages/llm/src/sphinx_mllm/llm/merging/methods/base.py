@@ -1,0 +1,173 @@
+"""The interface of a merge method, and how a call of one becomes a lazy expression.
+
+A method is an object (registered in `sphinx_mllm_merge_methods`) with a name, whether it takes a
+base model, and its parameters: global ones (`normalize`, `lambda`, `t`) and per-model ones
+(`weight`, `density`). Calling it builds a `MethodCall` expression:
+
+    ties(base=A, models=[B, C], weight=[0.7, 0.3], density=0.5)
+
+A per-model parameter given as one value applies to every model, as a list to each in turn;
+a `Gradient` or `Filtered` value varies per tensor. `merge` computes one output tensor from the
+input tensors, in the compute dtype.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from sphinx_mllm.llm.merging.expression import Expression, MethodCall, TensorContext
+from sphinx_mllm.llm.merging.parameters import resolve
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class MethodParameter:
+    """One parameter of a method: global, or one value per model."""
+
+    name: str
+    default: Any = REQUIRED
+    per_model: bool = False
+    help: str = ""
+
+
+class MergeMethod(ABC):
+    """A merge method; subclasses set the class attributes and implement `merge`."""
+
+    name: str
+    summary: str
+    base_model: Literal["required", "optional", "none"] = "none"
+    parameters: tuple[MethodParameter, ...] = ()
+    min_models: int = 1
+    max_models: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<merge method {self.name}>"
+
+    def parameter(self, name: str) -> MethodParameter:
+        for parameter in self.parameters:
+            if parameter.name == name:
+                return parameter
+        known = [parameter.name for parameter in self.parameters]
+        raise ValueError(
+            f"Merge method {self.name!r} has no parameter {name!r}; its parameters: {known}"
+        )
+
+    def __call__(
+        self, base: Expression | None = None, models: Sequence[Expression] = (), **values: Any
+    ) -> MethodCall:
+        """A lazy `MethodCall` of this method (see the module docstring)."""
+        models = list(models)
+        self._check_inputs(base, models)
+        global_values: dict[str, Any] = {}
+        model_values: list[dict[str, Any]] = [{} for _ in models]
+        for name, value in values.items():
+            parameter = self.parameter(name)
+            if not parameter.per_model:
+                global_values[name] = value
+            elif isinstance(value, list | tuple):
+                if len(value) != len(models):
+                    raise ValueError(
+                        f"{self.name}: {name} has {len(value)} values for {len(models)} models"
+                    )
+                for index, item in enumerate(value):
+                    model_values[index][name] = item
+            else:
+                for entry in model_values:
+                    entry[name] = value
+        return self.call(base, models, global_values, model_values)
+
+    def call(
+        self,
+        base: Expression | None,
+        models: list[Expression],
+        global_values: dict[str, Any],
+        model_values: list[dict[str, Any]],
+    ) -> MethodCall:
+        """A `MethodCall` from values already split into global and per-model ones; defaults are
+        filled in and unknown or missing parameters are errors."""
+        self._check_inputs(base, models)
+        global_values = self._complete(global_values, per_model=False, where="")
+        model_values = [
+            self._complete(entry, per_model=True, where=f" for model {index} ({_label(model)})")
+            for index, (entry, model) in enumerate(zip(model_values, models, strict=True))
+        ]
+        return MethodCall(self, base, models, global_values, model_values)
+
+    def _complete(self, values: dict[str, Any], *, per_model: bool, where: str) -> dict[str, Any]:
+        for name in values:
+            if self.parameter(name).per_model != per_model:
+                kind = "per-model" if not per_model else "global"
+                raise ValueError(f"{self.name}: {name!r} is a {kind} parameter, given{where}")
+        completed = dict(values)
+        for parameter in self.parameters:
+            if parameter.per_model == per_model and parameter.name not in completed:
+                if parameter.default is REQUIRED:
+                    raise ValueError(
+                        f"{self.name}: parameter {parameter.name!r} is required{where}"
+                    )
+                completed[parameter.name] = parameter.default
+        return completed
+
+    def _check_inputs(self, base: Expression | None, models: list[Expression]) -> None:
+        if self.base_model == "required" and base is None:
+            raise ValueError(f"Merge method {self.name!r} needs a base model")
+        if self.base_model == "none" and base is not None:
+            raise ValueError(f"Merge method {self.name!r} takes no base model")
+        for item in [base, *models]:
+            if item is not None and not isinstance(item, Expression):
+                raise TypeError(
+                    f"{self.name}: models must be checkpoints or expressions, got {item!r}"
+                )
+        if len(models) < self.min_models or (
+            self.max_models is not None and len(models) > self.max_models
+        ):
+            bounds = (
+                f"{self.min_models}"
+                if self.max_models == self.min_models
+                else f"at least {self.min_models}"
+            )
+            raise ValueError(f"Merge method {self.name!r} takes {bounds} models, got {len(models)}")
+
+    def apply(self, call: MethodCall, context: TensorContext) -> torch.Tensor:
+        """Evaluate a call of this method for the context's tensor."""
+        base = call.base.evaluate(context) if call.base is not None else None
+        tensors = [model.evaluate(context) for model in call.inputs]
+        params = {
+            name: resolve(v, context.name, context.num_layers)
+            for name, v in call.parameters.items()
+        }
+        model_params = [
+            {name: resolve(v, context.name, context.num_layers) for name, v in entry.items()}
+            for entry in call.model_parameters
+        ]
+        return self.merge(base, tensors, model_params, params, context)
+
+    @abstractmethod
+    def merge(
+        self,
+        base: torch.Tensor | None,
+        tensors: list[torch.Tensor],
+        model_params: list[dict[str, Any]],
+        params: dict[str, Any],
+        context: TensorContext,
+    ) -> torch.Tensor:
+        """One output tensor from the inputs (in the compute dtype)."""
+
+
+def _label(model: Expression) -> str:
+    return getattr(model, "name", type(model).__name__)
+
+
+def tensor_generator(context: TensorContext, stream: str) -> torch.Generator:
+    """A random generator for one tensor and one purpose (e.g. one model's DARE mask), seeded
+    from the run's seed and the tensor's name only: the same masks whatever the order or the
+    number of threads that compute the tensors."""
+    digest = hashlib.sha256(f"{context.seed}\0{context.name}\0{stream}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))

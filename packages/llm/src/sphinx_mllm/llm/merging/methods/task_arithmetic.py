@@ -1,0 +1,189 @@
+"""The task-arithmetic family, one engine configured six ways: `task_arithmetic`, `ties`,
+`dare_linear`, `dare_ties`, `breadcrumbs`, `breadcrumbs_ties`.
+
+Per tensor: task vectors `delta_i = theta_i - theta_base`; sparsified (none, magnitude, random,
+magnitude outliers); weighted `D_i = w_i * delta_i`; with TIES sign consensus, the sign of
+`sum D_i` is elected (ties go to +) and only agreeing entries are kept, `mixed = sum m_i D_i` and
+the divisor is `sum m_i w_i` per entry; else `mixed = sum D_i`, divisor `sum w_i`. Then
+`mixed / divisor` if `normalize`, times `lambda`, added to the base. Computed in the dtype the
+tensors arrive in (fp32 by default; a mergekit config computes in its inputs' dtype, as
+mergekit does). TIES as in the paper (arXiv 2306.01708: the sign of the unweighted trimmed task
+vectors, an unweighted mean of the agreeing ones) is `sign_election="paper"`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sphinx_mllm.llm.merging.expression import TensorContext
+from sphinx_mllm.llm.merging.methods import sparsify
+from sphinx_mllm.llm.merging.methods.base import (
+    REQUIRED,
+    MergeMethod,
+    MethodParameter,
+    tensor_generator,
+)
+
+SPARSIFIERS = (None, "magnitude", "random", "magnitude_outliers")
+
+
+class GeneralizedTaskArithmetic(MergeMethod):
+    """Task vectors, optionally sparsified and sign-elected, added to the base."""
+
+    base_model = "required"
+    min_models = 0
+
+    def __init__(
+        self,
+        name: str,
+        summary: str,
+        *,
+        sparsifier: str | None,
+        consensus: bool,
+        normalize: bool,
+        rescale: bool,
+    ) -> None:
+        if sparsifier not in SPARSIFIERS:
+            raise ValueError(f"Unknown sparsifier {sparsifier!r}; expected one of {SPARSIFIERS}")
+        self.name = name
+        self.summary = summary
+        self.sparsifier = sparsifier
+        self.consensus = consensus
+        per_model = [
+            MethodParameter(
+                "weight", REQUIRED, per_model=True, help="scale of the model's task vector"
+            )
+        ]
+        if sparsifier is not None:
+            per_model.append(
+                MethodParameter("density", 1.0, per_model=True, help="fraction of entries kept")
+            )
+        if sparsifier == "magnitude_outliers":
+            per_model.append(
+                MethodParameter(
+                    "gamma", 0.01, per_model=True, help="fraction of largest entries dropped"
+                )
+            )
+        shared = [
+            MethodParameter("normalize", normalize, help="divide by the (agreeing) weights' sum"),
+            MethodParameter("lambda", 1.0, help="scale of the merged task vector"),
+        ]
+        shared += [
+            MethodParameter("rescale", rescale, help="rescale the kept entries"),
+            MethodParameter(
+                "rescale_by", "l1", help='"l1" (mergekit) or "inverse_density" (DARE paper)'
+            ),
+            MethodParameter(
+                "int8_mask", False, help="mergekit's mask storage option; no numerical effect"
+            ),
+        ]
+        if consensus:
+            shared.append(
+                MethodParameter(
+                    "sign_election", "weighted", help='"weighted" (mergekit) or "paper"'
+                )
+            )
+        self.parameters = (*per_model, *shared)
+
+    def merge(
+        self,
+        base: torch.Tensor | None,
+        tensors: list[torch.Tensor],
+        model_params: list[dict[str, Any]],
+        params: dict[str, Any],
+        context: TensorContext,
+    ) -> torch.Tensor:
+        if not tensors:
+            return base
+        deltas = base.new_empty((len(tensors), *base.shape))
+        for index, (tensor, settings) in enumerate(zip(tensors, model_params, strict=True)):
+            deltas[index] = self._sparsify(tensor - base, settings, params, context, index)
+        weights = torch.tensor(
+            [settings["weight"] for settings in model_params], dtype=deltas.dtype
+        )
+        weights = weights.reshape(-1, *([1] * base.dim()))
+        if self.consensus and params["sign_election"] == "paper":
+            mixed, divisor = _paper_ties(deltas, weights)
+        else:
+            deltas.mul_(weights)
+            mixed, divisor = (
+                _weighted_ties(deltas, weights) if self.consensus else _plain_sum(deltas, weights)
+            )
+        if params["normalize"]:
+            mixed = mixed / divisor
+        if params["lambda"] != 1:
+            mixed = mixed * params["lambda"]
+        return (base + mixed).to(base.dtype)
+
+    def _sparsify(
+        self, delta: torch.Tensor, settings: dict, params: dict, context: TensorContext, index: int
+    ) -> torch.Tensor:
+        density = settings.get("density", 1.0)
+        if self.sparsifier == "magnitude":
+            kept = sparsify.magnitude(delta, density)
+        elif self.sparsifier == "magnitude_outliers":
+            kept = sparsify.magnitude_outliers(delta, density, settings["gamma"])
+        elif self.sparsifier == "random":
+            kept = sparsify.random_drop(delta, density, tensor_generator(context, f"dare/{index}"))
+        else:
+            return delta
+        if params["rescale"]:
+            return sparsify.rescale(delta, kept, density, params["rescale_by"])
+        return kept.to(delta.dtype)
+
+
+def _weighted_ties(
+    deltas: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """mergekit's election: on weighted deltas; a weighted mean of the agreeing entries."""
+    majority = (deltas.sum(0) >= 0).to(deltas.dtype) * 2 - 1
+    agree = deltas.sign() == majority
+    mixed = (deltas * agree).sum(0)
+    divisor = (weights * agree).sum(0)
+    divisor[divisor == 0] = 1
+    return mixed, divisor
+
+
+def _paper_ties(deltas: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's election: on the unweighted trimmed task vectors; the mean (weighted by
+    `weight`, which is 1 in the paper) of the agreeing entries."""
+    majority = (deltas.sum(0) >= 0).to(deltas.dtype) * 2 - 1
+    agree = deltas.sign() == majority
+    mixed = (deltas * weights * agree).sum(0)
+    divisor = (weights * agree).sum(0)
+    divisor[divisor == 0] = 1
+    return mixed, divisor
+
+
+def _plain_sum(deltas: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    divisor = weights.sum(0)
+    divisor[divisor.abs() < 1e-8] = 1
+    return deltas.sum(0), divisor
+
+
+task_arithmetic = GeneralizedTaskArithmetic(
+    "task_arithmetic", "base + lambda * sum(weight_i * (model_i - base))",
+    sparsifier=None, consensus=False, normalize=False, rescale=False,
+)  # fmt: skip
+ties = GeneralizedTaskArithmetic(
+    "ties", "TIES: trim task vectors by magnitude, elect signs, mean of agreeing entries",
+    sparsifier="magnitude", consensus=True, normalize=True, rescale=False,
+)  # fmt: skip
+dare_linear = GeneralizedTaskArithmetic(
+    "dare_linear", "DARE: drop task-vector entries at random, rescale, add",
+    sparsifier="random", consensus=False, normalize=False, rescale=True,
+)  # fmt: skip
+dare_ties = GeneralizedTaskArithmetic(
+    "dare_ties", "DARE drop and rescale, then TIES sign election",
+    sparsifier="random", consensus=True, normalize=False, rescale=True,
+)  # fmt: skip
+breadcrumbs = GeneralizedTaskArithmetic(
+    "breadcrumbs", "Model Breadcrumbs: drop the smallest and the largest task-vector entries, add",
+    sparsifier="magnitude_outliers", consensus=False, normalize=False, rescale=False,
+)  # fmt: skip
+breadcrumbs_ties = GeneralizedTaskArithmetic(
+    "breadcrumbs_ties", "Model Breadcrumbs sparsification, then TIES sign election",
+    sparsifier="magnitude_outliers", consensus=True, normalize=False, rescale=False,
+)  # fmt: skip
