@@ -1,19 +1,20 @@
 """A model checkpoint read lazily, tensor by tensor: a Hugging Face model directory (one
 `model.safetensors` or shards with `model.safetensors.index.json`), or a single `.safetensors`
 file. Headers are checked when the checkpoint is opened (truncated or corrupt files are refused
-before anything is merged); tensors are read through safetensors' memory mapping, one at a time.
-PyTorch pickles (`pytorch_model.bin`, `*.pt`) are read only with `allow_pickle=True`, and then
-with `weights_only=True`.
+before anything is merged). Each tensor is read straight into its own buffer with a positioned
+read (`os.preadv`, safe from several threads), not through a memory map: mapped pages would stay
+resident and count against the process as the merge walks through the files, while a read keeps
+the process's memory at the tensors in use. PyTorch pickles (`pytorch_model.bin`) are read only
+with `allow_pickle=True`, and then with `weights_only=True`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from contextlib import ExitStack
+import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from sphinx_mllm.core.weight_files import (
     PICKLE_FILES,
@@ -41,9 +42,9 @@ class ModelCheckpoint:
         self.directory = self.path if self.path.is_dir() else self.path.parent
         single = SAFETENSORS_FILES + (PICKLE_FILES if allow_pickle else ())
         self.files = find_weight_files(self.path, single_files=single)
-        self._stack = ExitStack()
         self._entries: dict[str, tuple[Path, torch.dtype, tuple[int, ...]]] = {}
-        self._handles: dict[Path, object] = {}
+        self._locations: dict[str, tuple[int, int]] = {}  # name -> (file offset, bytes)
+        self._descriptors: dict[Path, int] = {}
         self._pickled: dict[str, torch.Tensor] = {}
         self._header_digest = hashlib.sha256()
         for file in self.files:
@@ -61,13 +62,15 @@ class ModelCheckpoint:
         header = read_safetensors_header(file)
         self._header_digest.update(header.header_bytes)
         self._header_digest.update(str(file.stat().st_size).encode())
+        data_start = 8 + len(header.header_bytes)
         for tensor_name, entry in header.tensors.items():
             if entry.dtype not in SAFETENSORS_DTYPES:
                 raise CheckpointError(
                     f"{file}: tensor {tensor_name!r} has unsupported dtype {entry.dtype}"
                 )
             self._claim(tensor_name, file, SAFETENSORS_DTYPES[entry.dtype], entry.shape)
-        self._handles[file] = self._stack.enter_context(safe_open(str(file), framework="pt"))
+            self._locations[tensor_name] = (data_start + entry.offsets[0], entry.nbytes)
+        self._descriptors[file] = os.open(file, os.O_RDONLY)
 
     def _add_pickle(self, file: Path) -> None:
         try:
@@ -102,8 +105,9 @@ class ModelCheckpoint:
         self.close()
 
     def close(self) -> None:
-        self._stack.close()
-        self._handles.clear()
+        for descriptor in self._descriptors.values():
+            os.close(descriptor)
+        self._descriptors.clear()
 
     def __repr__(self) -> str:
         return (
@@ -122,13 +126,26 @@ class ModelCheckpoint:
     def dtype(self, tensor_name: str) -> torch.dtype:
         return self._entries[tensor_name][1]
 
-    def get(self, tensor_name: str) -> torch.Tensor:
-        """The tensor, read now from its file."""
+    def get(self, tensor_name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """The tensor, read now from its file; `rows` = (start, stop) reads only those rows of
+        the first dimension (the elements, for a 1-D tensor)."""
         if tensor_name not in self._entries:
             raise KeyError(f"{self.name} has no tensor {tensor_name!r}")
+        file, dtype, shape = self._entries[tensor_name]
         if tensor_name in self._pickled:
-            return self._pickled[tensor_name]
-        return self._handles[self._entries[tensor_name][0]].get_tensor(tensor_name)
+            tensor = self._pickled[tensor_name]
+            return tensor if rows is None else tensor[rows[0] : rows[1]]
+        offset, size = self._locations[tensor_name]
+        if rows is not None:
+            row_bytes = size // shape[0] if shape and shape[0] else 0
+            offset, size = offset + rows[0] * row_bytes, (rows[1] - rows[0]) * row_bytes
+            shape = (rows[1] - rows[0], *shape[1:])
+        tensor = torch.empty(shape, dtype=dtype)
+        if size:
+            buffer = tensor.reshape(-1).view(torch.uint8).numpy()
+            if os.preadv(self._descriptors[file], [buffer], offset) != size:
+                raise CheckpointError(f"{file} ended while reading tensor {tensor_name!r}")
+        return tensor
 
     def fingerprint(self) -> str:
         """sha256 of the safetensors headers (names, dtypes, shapes, offsets) and file sizes: it

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from sphinx_mllm.core.weight_files import CheckpointError
 from sphinx_mllm.llm.merging.config import ConfigError, load_config
+from sphinx_mllm.llm.merging.expression import Expression, LinearCombination, MethodCall
 from sphinx_mllm.llm.merging.plan import MergePlanError
 from sphinx_mllm.llm.merging.runner import (
     DEFAULT_SHARD_BYTES,
@@ -69,12 +70,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--shard-size", type=parse_size, default=DEFAULT_SHARD_BYTES, help="largest shard, e.g. 5GB"
     )
     parser.add_argument("--seed", type=int, help="seed of the random methods (DARE)")
+    parser.add_argument(
+        "--ranking",
+        choices=["sort", "select"],
+        help="how ties/breadcrumbs rank magnitudes: sort (mergekit's results exactly) or select "
+        "(O(n) selection; ties at the cut broken by position)",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     parser.add_argument(
         "--allow-pickle", action="store_true", help="read PyTorch pickles (weights_only=True)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
+
+
+def set_parameter(expression: Expression, name: str, value: object) -> None:
+    """Set a global parameter on every method call of the expression that has it."""
+    if isinstance(expression, MethodCall):
+        if any(parameter.name == name for parameter in expression.method.parameters):
+            expression.parameters[name] = value
+        for item in [expression.base, *expression.inputs]:
+            if item is not None:
+                set_parameter(item, name, value)
+    elif isinstance(expression, LinearCombination):
+        for _, term in expression.terms:
+            set_parameter(term, name, value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             recipe.compute_dtype = DTYPES[args.compute_dtype]
         if args.seed is not None:
             recipe.seed = args.seed
+        if args.ranking is not None:
+            set_parameter(recipe.expression, "ranking", args.ranking)
         torch.set_num_threads(max(1, args.threads))
         if args.dry_run:
             checkpoints = open_models(recipe, args.allow_pickle)

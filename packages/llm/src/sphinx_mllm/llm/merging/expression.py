@@ -55,6 +55,12 @@ class Expression(ABC):
         """False when this expression is zero for `tensor_name` (e.g. a LoRA update elsewhere)."""
         return True
 
+    @property
+    def elementwise(self) -> bool:
+        """True when each output element depends only on the same element of the inputs, so a
+        tensor can be computed block of rows by block of rows (bit-identical, less memory)."""
+        return False
+
     def problems(self, reference: Any) -> list[str]:
         """Problems with inputs that are not model leaves (checked against the reference)."""
         return []
@@ -113,6 +119,10 @@ class Model(Expression):
     def models(self) -> Iterator[Model]:
         yield self
 
+    @property
+    def elementwise(self) -> bool:
+        return True
+
     def evaluate(self, context: TensorContext) -> torch.Tensor:
         key = id(self)
         if key not in context.cache:
@@ -147,6 +157,10 @@ class LinearCombination(Expression):
 
     def contributes(self, tensor_name: str) -> bool:
         return any(term.contributes(tensor_name) for _, term in self.terms)
+
+    @property
+    def elementwise(self) -> bool:
+        return all(term.elementwise for _, term in self.terms)
 
     def problems(self, reference: Any) -> list[str]:
         return [problem for _, term in self.terms for problem in term.problems(reference)]
@@ -195,6 +209,13 @@ class MethodCall(Expression):
             yield from self.base.models()
         for model in self.inputs:
             yield from model.models()
+
+    @property
+    def elementwise(self) -> bool:
+        inputs = [*([self.base] if self.base is not None else []), *self.inputs]
+        return bool(getattr(self.method, "elementwise", False)) and all(
+            i.elementwise for i in inputs
+        )
 
     def problems(self, reference: Any) -> list[str]:
         inputs = [*([self.base] if self.base is not None else []), *self.inputs]

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from sphinx_mllm.llm.merging.writer import (
 )
 
 DEFAULT_SHARD_BYTES = 5 * 1024**3
+BLOCK_ELEMENTS = 1 << 20  # elementwise merges work through tensors in blocks of this size
+IN_FLIGHT_ELEMENTS = 1 << 25  # elements of whole tensors computed at once (see _write)
 COMPUTE_DTYPES = (torch.float32, torch.float64)
 
 
@@ -172,6 +175,9 @@ def _write(
     threads: int,
     progress: Callable[[int], Any] | None,
 ) -> None:
+    """Tensors a block of rows at a time when the expression allows it (in this thread, torch
+    parallelising each operation); the others computed by a pool of workers ahead of the
+    writer. Either way they are written in plan order."""
     names = shard_names(len(shards))
     by_name = {tensor.name: tensor for tensor in plan.tensors}
     metadata = _provenance(plan, recipe)
@@ -181,33 +187,88 @@ def _write(
         for shard, name in zip(shards, names, strict=True)
     )
     writer = next(writers)
+    streamed = recipe.expression.elementwise
+    # Whole tensors in flight at once hold at most this many elements (but always one): the
+    # largest tensors (embeddings) are then computed alone, the small ones several at a time.
+    budget = max(IN_FLIGHT_ELEMENTS, *(_numel(t.shape) for t in ordered)) if ordered else 0
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        pending: deque[tuple[TensorPlan, Future]] = deque()
-        upcoming = iter(ordered)
-        for tensor in upcoming:
-            pending.append((tensor, pool.submit(_compute, plan, recipe, tensor)))
-            if len(pending) > threads:
-                break
+        pending: deque[tuple[TensorPlan, Future | None]] = deque()
+        upcoming = deque(ordered)
+        in_flight = 0
+
+        def fill() -> None:
+            nonlocal in_flight
+            while upcoming and len(pending) <= threads:
+                tensor = upcoming[0]
+                whole = not (tensor.fate == "copy" or streamed)
+                if whole and pending and in_flight + _numel(tensor.shape) > budget:
+                    return
+                upcoming.popleft()
+                if whole:
+                    in_flight += _numel(tensor.shape)
+                    pending.append((tensor, pool.submit(_compute, plan, recipe, tensor, None)))
+                else:
+                    pending.append((tensor, None))
+
+        fill()
         while pending:
             tensor, future = pending.popleft()
             if writer.done:
                 writer = next(writers)
-            writer.write(tensor.name, future.result())
+            if future is None:
+                parts = _row_blocks(plan, recipe, tensor, pool, threads + 1)
+            else:
+                parts = [future.result()]
+                in_flight -= _numel(tensor.shape)
+            writer.write(tensor.name, parts)
             if progress is not None:
                 progress(1)
-            following = next(upcoming, None)
-            if following is not None:
-                pending.append((following, pool.submit(_compute, plan, recipe, following)))
+            fill()
     write_index(directory, shards, names)
 
 
-def _compute(plan: MergePlan, recipe: MergeRecipe, tensor: TensorPlan) -> torch.Tensor:
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def _row_blocks(
+    plan: MergePlan, recipe: MergeRecipe, tensor: TensorPlan, pool: ThreadPoolExecutor, ahead: int
+) -> Iterator[torch.Tensor]:
+    """The tensor in consecutive blocks of about BLOCK_ELEMENTS elements, computed by the pool
+    `ahead` blocks in front of the caller (who writes them meanwhile)."""
+    shape = tensor.shape
+    row = 1
+    for dim in shape[1:]:
+        row *= dim
+    if not shape or shape[0] * row <= BLOCK_ELEMENTS:
+        yield _compute(plan, recipe, tensor, None)
+        return
+    step = max(1, BLOCK_ELEMENTS // max(1, row))
+    ranges = iter([(start, min(shape[0], start + step)) for start in range(0, shape[0], step)])
+    blocks = deque(
+        pool.submit(_compute, plan, recipe, tensor, rows) for rows in islice(ranges, ahead)
+    )
+    while blocks:
+        block = blocks.popleft().result()
+        following = next(ranges, None)
+        if following is not None:
+            blocks.append(pool.submit(_compute, plan, recipe, tensor, following))
+        yield block
+
+
+def _compute(
+    plan: MergePlan, recipe: MergeRecipe, tensor: TensorPlan, rows: tuple[int, int] | None
+) -> torch.Tensor:
+    shape = tensor.shape if rows is None else (rows[1] - rows[0], *tensor.shape[1:])
     if tensor.fate == "copy":
-        return plan.models[tensor.source].get(tensor.name).to(tensor.out_dtype)
+        return plan.models[tensor.source].get(tensor.name, rows).to(tensor.out_dtype)
     compute = recipe.compute_dtype or _promoted_dtype(plan, recipe, tensor.name)
 
     def read(model: Model, name: str | None = None) -> torch.Tensor:
-        value = plan.models[model.name].get(name or tensor.name)
+        value = plan.models[model.name].get(name or tensor.name, rows)
         if recipe.load_dtype is not None:
             value = value.to(recipe.load_dtype)
         return value.to(compute)
@@ -218,13 +279,12 @@ def _compute(plan: MergePlan, recipe: MergeRecipe, tensor: TensorPlan) -> torch.
         compute_dtype=compute,
         seed=recipe.seed,
         num_layers=plan.num_layers,
-        shape=tensor.shape,
+        shape=shape,
     )
     value = recipe.expression.evaluate(context)
-    if tuple(value.shape) != tensor.shape:
+    if tuple(value.shape) != shape:
         raise RuntimeError(
-            f"The merge gave {tensor.name!r} the shape {tuple(value.shape)}, expected "
-            f"{tensor.shape}"
+            f"The merge gave {tensor.name!r} the shape {tuple(value.shape)}, expected {shape}"
         )
     return value.to(tensor.out_dtype)
 

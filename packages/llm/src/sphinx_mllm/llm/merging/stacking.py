@@ -66,6 +66,10 @@ class LayerStack(Expression):
         for item in self.slices:
             yield item.model
 
+    @property
+    def elementwise(self) -> bool:
+        return True
+
     def output_layout(
         self, checkpoints: dict[str, Any]
     ) -> list[tuple[str, tuple[int, ...], torch.dtype]]:

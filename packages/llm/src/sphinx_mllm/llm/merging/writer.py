@@ -100,19 +100,27 @@ class StreamingShardWriter:
         self._file = path.open("wb")
         self._file.write(struct.pack("<Q", len(encoded)) + encoded)
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def write(self, name: str, parts: Iterable[torch.Tensor]) -> None:
+        """Append the next planned tensor, given whole or as consecutive row blocks."""
         expected = self._pending.pop(0)
-        if (name, tensor.dtype, tuple(tensor.shape)) != (
-            expected.name,
-            expected.dtype,
-            expected.shape,
-        ):
+        written = 0
+        for part in parts:
+            if (
+                name != expected.name
+                or part.dtype != expected.dtype
+                or tuple(part.shape[1:]) != expected.shape[1:]
+            ):
+                raise RuntimeError(
+                    f"Writing {name!r} {part.dtype} {tuple(part.shape)} into {self.path.name}, "
+                    f"which expects {expected.name!r} {expected.dtype} {expected.shape} next"
+                )
+            data = part.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
+            self._file.write(memoryview(data))
+            written += data.nbytes
+        if written != expected.nbytes:
             raise RuntimeError(
-                f"Writing {name!r} {tensor.dtype} {tuple(tensor.shape)} into {self.path.name}, "
-                f"which expects {expected.name!r} {expected.dtype} {expected.shape} next"
+                f"{name!r}: wrote {written} bytes into {self.path.name}, planned {expected.nbytes}"
             )
-        data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
-        self._file.write(memoryview(data))
         if not self._pending:
             self._file.close()
 

@@ -46,6 +46,7 @@ class MergeMethod(ABC):
     parameters: tuple[MethodParameter, ...] = ()
     min_models: int = 1
     max_models: int | None = None
+    elementwise: bool = False  # each output element from the same input elements only
 
     def __repr__(self) -> str:
         return f"<merge method {self.name}>"

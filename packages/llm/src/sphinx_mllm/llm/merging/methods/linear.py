@@ -23,6 +23,7 @@ class Linear(MergeMethod):
     name = "linear"
     summary = "Weighted average of the models (normalize: divide by the sum of the weights)"
     base_model = "none"
+    elementwise = True
     parameters = (
         MethodParameter("weight", REQUIRED, per_model=True, help="the model's weight"),
         MethodParameter("normalize", True, help="divide by the sum of the weights"),

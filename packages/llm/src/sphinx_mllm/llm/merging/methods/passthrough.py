@@ -16,6 +16,7 @@ class Passthrough(MergeMethod):
     summary = "One model's tensors, optionally scaled"
     base_model = "none"
     min_models = max_models = 1
+    elementwise = True
     parameters = (MethodParameter("scale", None, per_model=True, help="factor for the tensor"),)
 
     def merge(

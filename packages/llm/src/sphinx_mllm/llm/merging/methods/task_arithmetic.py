@@ -51,6 +51,7 @@ class GeneralizedTaskArithmetic(MergeMethod):
         self.summary = summary
         self.sparsifier = sparsifier
         self.consensus = consensus
+        self.elementwise = sparsifier is None  # sparsifiers rank or draw over a whole tensor
         per_model = [
             MethodParameter(
                 "weight", REQUIRED, per_model=True, help="scale of the model's task vector"
@@ -66,6 +67,7 @@ class GeneralizedTaskArithmetic(MergeMethod):
                     "gamma", 0.01, per_model=True, help="fraction of largest entries dropped"
                 )
             )
+        ranked = sparsifier in ("magnitude", "magnitude_outliers")
         shared = [
             MethodParameter("normalize", normalize, help="divide by the (agreeing) weights' sum"),
             MethodParameter("lambda", 1.0, help="scale of the merged task vector"),
@@ -79,6 +81,12 @@ class GeneralizedTaskArithmetic(MergeMethod):
                 "int8_mask", False, help="mergekit's mask storage option; no numerical effect"
             ),
         ]
+        if ranked:
+            shared.append(
+                MethodParameter(
+                    "ranking", "sort", help='"sort" (mergekit, exact) or "select" (O(n))'
+                )
+            )
         if consensus:
             shared.append(
                 MethodParameter(
@@ -122,9 +130,9 @@ class GeneralizedTaskArithmetic(MergeMethod):
     ) -> torch.Tensor:
         density = settings.get("density", 1.0)
         if self.sparsifier == "magnitude":
-            kept = sparsify.magnitude(delta, density)
+            kept = sparsify.magnitude(delta, density, params["ranking"])
         elif self.sparsifier == "magnitude_outliers":
-            kept = sparsify.magnitude_outliers(delta, density, settings["gamma"])
+            kept = sparsify.magnitude_outliers(delta, density, settings["gamma"], params["ranking"])
         elif self.sparsifier == "random":
             kept = sparsify.random_drop(delta, density, tensor_generator(context, f"dare/{index}"))
         else:
