@@ -86,7 +86,3 @@ def resolve(value: Any, tensor_name: str, num_layers: int | None) -> Any:
     if isinstance(value, Gradient):
         return value.at(tensor_name, num_layers)
     return value
-
-
-def is_per_tensor(value: Any) -> bool:
-    return isinstance(value, Filtered | Gradient)

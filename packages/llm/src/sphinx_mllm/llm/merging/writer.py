@@ -206,8 +206,3 @@ def copy_model_files(
         settings.update(overrides or {})
         config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     return copied
-
-
-def iter_planned(shards: Iterable[Sequence[OutputTensor]]) -> Iterable[OutputTensor]:
-    for shard in shards:
-        yield from shard
