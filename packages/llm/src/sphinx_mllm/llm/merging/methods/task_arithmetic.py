@@ -112,13 +112,15 @@ class GeneralizedTaskArithmetic(MergeMethod):
             [settings["weight"] for settings in model_params], dtype=deltas.dtype
         )
         weights = weights.reshape(-1, *([1] * base.dim()))
-        if self.consensus and params["sign_election"] == "paper":
-            mixed, divisor = _paper_ties(deltas, weights)
-        else:
+        if not self.consensus:
             deltas.mul_(weights)
-            mixed, divisor = (
-                _weighted_ties(deltas, weights) if self.consensus else _plain_sum(deltas, weights)
-            )
+            mixed, divisor = _plain_sum(deltas, weights)
+        elif params["sign_election"] == "paper":  # elect on the unweighted vectors, then weigh
+            agree = _agreeing(deltas)
+            mixed, divisor = _agreeing_mean(deltas.mul_(weights), weights, agree)
+        else:  # mergekit: weigh first, elect on the weighted vectors
+            deltas.mul_(weights)
+            mixed, divisor = _agreeing_mean(deltas, weights, _agreeing(deltas))
         if params["normalize"]:
             mixed = mixed / divisor
         if params["lambda"] != 1:
@@ -142,24 +144,17 @@ class GeneralizedTaskArithmetic(MergeMethod):
         return kept.to(delta.dtype)
 
 
-def _weighted_ties(
-    deltas: torch.Tensor, weights: torch.Tensor
+def _agreeing(deltas: torch.Tensor) -> torch.Tensor:
+    """Entries whose sign is the elected one: the sign of the sum (a tie elects +)."""
+    majority = (deltas.sum(0) >= 0).to(deltas.dtype) * 2 - 1
+    return deltas.sign() == majority
+
+
+def _agreeing_mean(
+    weighted: torch.Tensor, weights: torch.Tensor, agree: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """mergekit's election: on weighted deltas; a weighted mean of the agreeing entries."""
-    majority = (deltas.sum(0) >= 0).to(deltas.dtype) * 2 - 1
-    agree = deltas.sign() == majority
-    mixed = (deltas * agree).sum(0)
-    divisor = (weights * agree).sum(0)
-    divisor[divisor == 0] = 1
-    return mixed, divisor
-
-
-def _paper_ties(deltas: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The paper's election: on the unweighted trimmed task vectors; the mean (weighted by
-    `weight`, which is 1 in the paper) of the agreeing entries."""
-    majority = (deltas.sum(0) >= 0).to(deltas.dtype) * 2 - 1
-    agree = deltas.sign() == majority
-    mixed = (deltas * weights * agree).sum(0)
+    """Sum of the agreeing weighted entries and the sum of their weights (0 -> 1)."""
+    mixed = (weighted * agree).sum(0)
     divisor = (weights * agree).sum(0)
     divisor[divisor == 0] = 1
     return mixed, divisor
