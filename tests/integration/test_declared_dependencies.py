@@ -19,14 +19,20 @@ def distributions_providing(top_level: str) -> set[str]:
     return {normalize(name) for name in providers}
 
 
-def declared(module: str) -> set[str]:
+def declared(module: str, optional: bool = False) -> set[str]:
+    """Required dependencies, and with `optional` those of the extras too (imported lazily)."""
     project = PACKAGES[module].pyproject["project"]
-    return {requirement_name(requirement) for requirement in project.get("dependencies", [])}
+    requirements = list(project.get("dependencies", []))
+    if optional:
+        requirements += [
+            r for extra in project.get("optional-dependencies", {}).values() for r in extra
+        ]
+    return {requirement_name(requirement) for requirement in requirements}
 
 
 @pytest.mark.parametrize("module", sorted(PACKAGES))
 def test_every_import_is_declared(module):
-    requirements = declared(module)
+    requirements = declared(module, optional=True)
     for top_level, files in third_party_top_levels(PACKAGES[module]).items():
         providers = distributions_providing(top_level)
         assert providers & requirements, (

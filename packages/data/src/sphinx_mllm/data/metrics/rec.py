@@ -1,0 +1,70 @@
+"""Referring-expression comprehension accuracy (Acc@0.5) under SPHINX's protocol.
+
+Source: LLaMA2-Accessory `accessory/eval_mm/evaluate.py` (metric "miou0.5"). The first ``[...]``
+of the answer must hold exactly 4 numbers, else the prediction is wrong. They are normalised
+coordinates in the padded square frame: they are scaled by ``max(w, h)`` and compared with the
+ground-truth pixel box shifted onto the padded square; a hit is IoU >= 0.5. One difference: when
+the answer has no bracket at all, the reference script falls back to parsing the text before the
+first "]"; here no bracket is a miss, as the recipe states. The bracket is read with the codec's
+tolerant SPHINX reader, so LLaVA's "[0.1, 0.2, 0.3, 0.4]" counts too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sphinx_mllm.data.boxes import (
+    BoxParseError,
+    box_iou,
+    frame_transform,
+    parse_first_bracket,
+    to_padded_pixels,
+)
+
+
+def rec_iou(
+    prediction_text: str,
+    gt_box_xyxy_pixels: Sequence[float],
+    image_size: Sequence[int],
+) -> float:
+    """IoU of the answer's first bracket with the ground truth; 0.0 when it is not 4 numbers."""
+    try:
+        numbers = parse_first_bracket(prediction_text, "sphinx")
+    except BoxParseError:
+        return 0.0
+    if numbers is None or len(numbers) != 4:
+        return 0.0
+    (side, _), _ = frame_transform(image_size, "padded")
+    predicted = tuple(value * side for value in numbers)
+    return box_iou(predicted, to_padded_pixels(gt_box_xyxy_pixels, image_size))
+
+
+def rec_hit(
+    prediction_text: str,
+    gt_box_xyxy_pixels: Sequence[float],
+    image_size: Sequence[int],
+    threshold: float = 0.5,
+) -> bool:
+    """Whether the answer's box hits the ground truth (IoU >= `threshold`)."""
+    return rec_iou(prediction_text, gt_box_xyxy_pixels, image_size) >= threshold
+
+
+def rec_accuracy(
+    predictions: Sequence[str],
+    gt_boxes_xyxy_pixels: Sequence[Sequence[float]],
+    image_sizes: Sequence[Sequence[int]],
+    threshold: float = 0.5,
+) -> float:
+    """The fraction of answers that hit their ground truth (Acc@0.5 by default)."""
+    if not len(predictions) == len(gt_boxes_xyxy_pixels) == len(image_sizes):
+        raise ValueError(
+            f"rec_accuracy needs one box and size per prediction; got {len(predictions)} "
+            f"predictions, {len(gt_boxes_xyxy_pixels)} boxes, {len(image_sizes)} sizes"
+        )
+    if not predictions:
+        raise ValueError("rec_accuracy needs at least one prediction")
+    hits = sum(
+        rec_hit(text, box, size, threshold)
+        for text, box, size in zip(predictions, gt_boxes_xyxy_pixels, image_sizes, strict=True)
+    )
+    return hits / len(predictions)

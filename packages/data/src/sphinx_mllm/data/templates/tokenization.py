@@ -1,0 +1,270 @@
+"""One small interface over any tokenizer, found by duck typing (no tokenizer library imported).
+
+Recognised, in this order: an object that already implements `TextTokenizer`; a
+`sentencepiece.SentencePieceProcessor` (`piece_to_id`, `id_to_piece`, `bos_id()`); a Hugging Face
+tokenizer (`convert_tokens_to_ids`, `bos_token_id`); a `tokenizers.Tokenizer` (`token_to_id`,
+`encode(...)` returning an Encoding with `.ids`), which knows no BOS/EOS, so name them.
+
+Rendering tokenises a conversation piece by piece and needs every piece to tokenise as it reads
+*in place*. Two things get in the way:
+
+- A dummy prefix. SentencePiece (and Metaspace or `add_prefix_space` tokenizers) encode "Human"
+  as "▁Human", a word after a space; decoding drops that space only at the very start of a
+  sequence. A piece in the middle of a sequence is therefore encoded behind an anchor, `"\\n"`
+  (a byte-fallback token in LLaMA vocabularies, so it merges with nothing): encode
+  `anchor + text`, check the anchor's own ids are a prefix of the result, and keep the rest.
+  Decoding mirrors it. Whether a tokenizer needs this is probed once: does `encode("x")` twice
+  decode to "xx"? Only the first text piece of a sequence is encoded plainly, with the prefix,
+  as the tokenizer would encode a whole prompt.
+- Merges across piece boundaries. A boundary is a token boundary by construction; each piece is
+  checked to decode back to exactly its text, and the whole sequence to the whole text
+  (rendering does both), so a vocabulary that cannot split there fails loudly instead of
+  mislabelling.
+
+Template strings such as `<|im_start|>` become one id only where the tokenizer has them as a
+control token (SentencePiece control piece, added special token); message text is never read for
+special tokens, and text that the tokenizer itself turns into one is refused by rendering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+_ANCHORS = ("\n", ".", "!", "a")
+_PROBE = "x"
+
+
+class TokenizationError(ValueError):
+    """A text that this tokenizer cannot encode as a piece of a longer sequence."""
+
+
+@runtime_checkable
+class TextTokenizer(Protocol):
+    """What rendering needs from a tokenizer."""
+
+    @property
+    def bos_id(self) -> int | None: ...
+
+    @property
+    def eos_id(self) -> int | None: ...
+
+    def encode_text(self, text: str, *, sequence_start: bool) -> list[int]:
+        """Ids of `text` as it reads at the start of a sequence or in the middle of one."""
+        ...
+
+    def decode_text(self, ids: Sequence[int], *, sequence_start: bool) -> str:
+        """The inverse of `encode_text` for ids holding no special token."""
+        ...
+
+    def special_token_id(self, text: str) -> int | None:
+        """The control token spelt `text`, or None where the tokenizer has none."""
+        ...
+
+    def is_special(self, token_id: int) -> bool:
+        """Whether the id is a control token (BOS, EOS, added special tokens)."""
+        ...
+
+    def token_text(self, token_id: int) -> str:
+        """How a special token is written, e.g. `"</s>"`."""
+        ...
+
+
+class _SentencePieceBackend:
+    def __init__(self, processor: Any) -> None:
+        self._sp = processor
+        self.bos_id = _valid_id(processor.bos_id())
+        self.eos_id = _valid_id(processor.eos_id())
+        # Control pieces (BOS, EOS, and any a model adds) are never produced from text.
+        self.special_ids = {i for i in range(processor.get_piece_size()) if processor.is_control(i)}
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._sp.encode(text))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._sp.decode(list(ids))
+
+    def token_text(self, token_id: int) -> str:
+        return self._sp.id_to_piece(token_id)
+
+    def single_token_id(self, text: str) -> int | None:
+        token_id = self._sp.piece_to_id(text)
+        unknown = token_id == self._sp.unk_id()
+        return token_id if not unknown and self._sp.id_to_piece(token_id) == text else None
+
+
+class _HuggingFaceBackend:
+    def __init__(self, tokenizer: Any) -> None:
+        self._tok = tokenizer
+        self.bos_id = tokenizer.bos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        self.special_ids = set(getattr(tokenizer, "all_special_ids", ()) or ())
+        self.special_ids |= {i for i in (self.bos_id, self.eos_id) if i is not None}
+        added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        self.special_ids |= {i for i, token in added.items() if getattr(token, "special", False)}
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        # No clean-up: it rewrites " ." to "." and would break the round trip.
+        return self._tok.decode(
+            list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+
+    def token_text(self, token_id: int) -> str:
+        return self._tok.convert_ids_to_tokens(token_id)
+
+    def single_token_id(self, text: str) -> int | None:
+        token_id = self._tok.convert_tokens_to_ids(text)
+        unknown = getattr(self._tok, "unk_token_id", None)
+        if token_id is None or (token_id == unknown and text != self._tok.unk_token):
+            return None
+        return token_id
+
+
+class _TokenizersBackend:
+    def __init__(self, tokenizer: Any) -> None:
+        self._tok = tokenizer
+        self.bos_id: int | None = None  # a tokenizers.Tokenizer does not know which they are
+        self.eos_id: int | None = None
+        added = getattr(tokenizer, "get_added_tokens_decoder", dict)()
+        self.special_ids = {i for i, token in added.items() if getattr(token, "special", False)}
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False)
+
+    def token_text(self, token_id: int) -> str:
+        return self._tok.id_to_token(token_id)
+
+    def single_token_id(self, text: str) -> int | None:
+        return self._tok.token_to_id(text)
+
+
+def _valid_id(token_id: int) -> int | None:
+    return token_id if token_id is not None and token_id >= 0 else None
+
+
+class TokenizerAdapter:
+    """`TextTokenizer` over a raw backend; see the module docstring for the dummy prefix."""
+
+    def __init__(self, backend: Any, name: str) -> None:
+        self._backend = backend
+        self.name = name
+        probe = backend.encode(_PROBE)
+        self.adds_prefix_space = backend.decode(probe + probe) != _PROBE + _PROBE
+        self._anchors = [(anchor, backend.encode(anchor)) for anchor in _ANCHORS]
+
+    def __repr__(self) -> str:
+        return f"TokenizerAdapter({self.name}, adds_prefix_space={self.adds_prefix_space})"
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._backend.bos_id
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._backend.eos_id
+
+    def encode_text(self, text: str, *, sequence_start: bool) -> list[int]:
+        if not text:
+            return []
+        if sequence_start or not self.adds_prefix_space:
+            return self._backend.encode(text)
+        for anchor, anchor_ids in self._anchors:
+            ids = self._backend.encode(anchor + text)
+            if ids[: len(anchor_ids)] != anchor_ids:
+                continue  # the anchor merged with the text; try the next one
+            rest = ids[len(anchor_ids) :]
+            if self._backend.decode(anchor_ids + rest) == self._backend.decode(anchor_ids) + text:
+                return rest
+        raise TokenizationError(
+            f"{self.name} cannot encode {text[:40]!r} as the middle of a sequence: behind each "
+            f"anchor in {_ANCHORS}, it merged with the anchor or did not decode back to itself"
+        )
+
+    def decode_text(self, ids: Sequence[int], *, sequence_start: bool) -> str:
+        ids = list(ids)
+        if not ids:
+            return ""
+        if sequence_start or not self.adds_prefix_space:
+            return self._backend.decode(ids)
+        anchor, anchor_ids = self._anchors[0]
+        decoded_anchor = self._backend.decode(anchor_ids)
+        decoded = self._backend.decode(anchor_ids + ids)
+        if not decoded.startswith(decoded_anchor):
+            raise TokenizationError(f"{self.name} decoded {anchor!r} + ids as {decoded!r}")
+        return decoded[len(decoded_anchor) :]
+
+    def special_token_id(self, text: str) -> int | None:
+        # Only a control token: an ordinary vocabulary entry that happens to spell `text` is
+        # left to the tokenizer, which produces it from the text where it fits.
+        token_id = self._backend.single_token_id(text)
+        return token_id if token_id in self._backend.special_ids else None
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._backend.special_ids
+
+    def token_text(self, token_id: int) -> str:
+        return self._backend.token_text(token_id)
+
+
+def decode(
+    tokenizer: TextTokenizer, ids: Sequence[int | str], *, sequence_start: bool = True
+) -> str:
+    """Any ids as text: special tokens as they are spelt, `str` items as they are, and the runs
+    of other ids by `decode_text`, only the first run read as the start of a sequence (as
+    rendering encodes them)."""
+    pieces: list[str] = []
+    run: list[int] = []
+    first_run = sequence_start
+    for item in [*ids, ""]:
+        if isinstance(item, int) and not tokenizer.is_special(item):
+            run.append(item)
+            continue
+        if run:
+            pieces.append(tokenizer.decode_text(run, sequence_start=first_run))
+            run, first_run = [], False
+        pieces.append(item if isinstance(item, str) else tokenizer.token_text(item))
+    return "".join(pieces)
+
+
+def as_text_tokenizer(
+    tokenizer: Any, *, bos_token: str | None = None, eos_token: str | None = None
+) -> TextTokenizer:
+    """Wrap any supported tokenizer (see the module docstring); a `TextTokenizer` is returned
+    as is. `bos_token` / `eos_token` name those tokens: needed for a `tokenizers.Tokenizer`,
+    which does not know them, and an override for the others. Wrap once and reuse the result:
+    wrapping probes the tokenizer."""
+    if isinstance(tokenizer, TextTokenizer):
+        return tokenizer
+    kind = type(tokenizer).__name__
+    backend: _SentencePieceBackend | _HuggingFaceBackend | _TokenizersBackend
+    if _has(tokenizer, "piece_to_id", "id_to_piece", "bos_id"):
+        backend, family = _SentencePieceBackend(tokenizer), "SentencePiece"
+    elif _has(tokenizer, "convert_tokens_to_ids", "encode", "decode") and hasattr(
+        tokenizer, "bos_token_id"
+    ):
+        backend, family = _HuggingFaceBackend(tokenizer), "Hugging Face"
+    elif _has(tokenizer, "token_to_id", "id_to_token", "encode", "decode"):
+        backend, family = _TokenizersBackend(tokenizer), "tokenizers"
+    else:
+        raise TypeError(
+            f"Unsupported tokenizer {kind}: expected a Hugging Face tokenizer, a "
+            "tokenizers.Tokenizer, a sentencepiece.SentencePieceProcessor or a TextTokenizer"
+        )
+    for token, attribute in ((bos_token, "bos_id"), (eos_token, "eos_id")):
+        if token is not None:
+            token_id = backend.single_token_id(token)
+            if token_id is None:
+                raise ValueError(f"{token!r} is not one token of this {family} tokenizer")
+            setattr(backend, attribute, token_id)
+            backend.special_ids.add(token_id)
+    return TokenizerAdapter(backend, f"{family} ({kind})")
+
+
+def _has(obj: Any, *names: str) -> bool:
+    return all(callable(getattr(obj, name, None)) for name in names)
