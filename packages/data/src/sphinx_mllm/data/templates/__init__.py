@@ -5,10 +5,12 @@ from sphinx_mllm.data.templates import SPHINX, render
 
 conversation = [{"from": "human", "value": "<image>\\nHi"}, {"from": "gpt", "value": "Hello"}]
 sample = render(SPHINX, conversation, tokenizer, image_token=32000, sample_id="demo-0")
+samples = render_batch(SPHINX, [conversation] * 8, tokenizer, image_token=32000)  # batched
 ```
 """
 
 from sphinx_mllm.data.templates.base import ChatTemplate, ImageSlot
+from sphinx_mllm.data.templates.batch import render_batch
 from sphinx_mllm.data.templates.builtin import (
     BUILTIN_TEMPLATES,
     CHATML,
@@ -55,4 +57,5 @@ __all__ = [
     "decode_sample",
     "label_texts",
     "render",
+    "render_batch",
 ]

@@ -9,7 +9,7 @@ sample's images, a missing BOS/EOS, an empty reply).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sphinx_mllm.data.templates.base import (
     BOS,
@@ -27,7 +27,7 @@ from sphinx_mllm.data.templates.conversation import (
 from sphinx_mllm.data.templates.tokenization import TextTokenizer
 
 
-@dataclass
+@dataclass(slots=True)
 class Piece:
     """A run of the rendered sequence: text to tokenise, or fixed ids (BOS, EOS, a special
     token, an image placeholder span)."""
@@ -35,8 +35,11 @@ class Piece:
     text: str
     turn: int  # index into the rendered turns; -1 before the first turn
     labelled: bool = False
-    token_ids: list[int] = field(default_factory=list)  # fixed ids; empty for text to tokenise
+    token_ids: tuple[int, ...] = ()  # fixed ids; empty for text to tokenise
     is_image: bool = False
+    from_template: bool = False
+    """The text is the same in every conversation (template text, the default system prompt),
+    so its ids can be cached per tokenizer."""
 
     @property
     def is_text(self) -> bool:
@@ -44,19 +47,19 @@ class Piece:
 
 
 class PieceBuilder:
-    """Lays a checked conversation out as template and message pieces, in order."""
+    """Lays checked conversations out as template and message pieces, in order; one builder
+    serves any number of conversations, one at a time."""
 
     def __init__(
         self,
         template: ChatTemplate,
         tokenizer: TextTokenizer,
-        sample_id: str,
         image_token: int | None,
         image_token_count: int,
     ) -> None:
         self.template = template
         self.tokenizer = tokenizer
-        self.sample_id = sample_id
+        self.sample_id = ""
         self.image_token = image_token
         self.image_token_count = image_token_count
         self._special_ids = {
@@ -69,14 +72,17 @@ class PieceBuilder:
             if self._special_ids
             else None
         )
+        self._template_chunks: dict[str, tuple[tuple[str, tuple[int, ...]], ...]] = {}
         self.pieces: list[Piece] = []
 
     def error(self, problem: str) -> ConversationError:
         return ConversationError(self.sample_id, problem)
 
     def build(
-        self, conversation: Conversation, num_images: int | None
+        self, conversation: Conversation, num_images: int | None, sample_id: str
     ) -> tuple[list[Piece], list[Role]]:
+        self.sample_id = sample_id
+        self.pieces = []
         template = self.template
         messages = list(conversation.messages)
         system = template.system_prompt if conversation.system is None else conversation.system
@@ -95,7 +101,13 @@ class PieceBuilder:
             first_user_prefix = (template.image_text + "\n") * implicit
         if system is not None and not template.system_in_first_user:
             roles.append("system")
-            self._add_wrapped(template.system_parts(), system, turn=0, images=False)
+            self._add_wrapped(
+                template.system_parts(),
+                system,
+                turn=0,
+                images=False,
+                from_template=conversation.system is None,
+            )
         for position, message in enumerate(messages):
             turn = len(roles)
             roles.append(message.role)
@@ -153,6 +165,7 @@ class PieceBuilder:
         turn: int,
         *,
         images: bool,
+        from_template: bool = False,
     ) -> None:
         before, after = parts
         self._add_template_text(before, turn)
@@ -165,7 +178,7 @@ class PieceBuilder:
                     self._add_image(turn)
                 self._add_text(chunk, turn)
         else:
-            self._add_text(text, turn)
+            self._add_text(text, turn, from_template=from_template)
         self._add_template_text(after, turn)
 
     def _add_reply(self, text: str | None, index: int, turn: int) -> None:
@@ -182,15 +195,30 @@ class PieceBuilder:
         self._add_template_text(template.end_marker, turn, labelled=True)
         self._add_template_text(template.turn_separator, turn)
 
-    def _add_text(self, text: str, turn: int, labelled: bool = False) -> None:
+    def _add_text(
+        self, text: str, turn: int, labelled: bool = False, *, from_template: bool = False
+    ) -> None:
         if text:
-            self.pieces.append(Piece(text, turn, labelled))
+            self.pieces.append(Piece(text, turn, labelled, from_template=from_template))
 
     def _add_image(self, turn: int) -> None:
-        ids = [self.image_token] * self.image_token_count
+        ids = (self.image_token,) * self.image_token_count
         self.pieces.append(Piece(self.template.image_text, turn, token_ids=ids, is_image=True))
 
     def _add_template_text(self, text: str, turn: int, labelled: bool = False) -> None:
+        chunks = self._template_chunks.get(text)
+        if chunks is None:
+            chunks = self._template_chunks[text] = self._split_template_text(text)
+        for chunk, token_ids in chunks:
+            if token_ids:
+                self.pieces.append(Piece(chunk, turn, labelled, token_ids=token_ids))
+            else:
+                self.pieces.append(Piece(chunk, turn, labelled, from_template=True))
+
+    def _split_template_text(self, text: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """Template text as chunks, each with its fixed ids (BOS, EOS, a special token) or no
+        ids (text to tokenise); the same for every conversation, so built once per text."""
+        chunks: list[tuple[str, tuple[int, ...]]] = []
         for piece in split_sequence_markers(text):
             if piece in (BOS, EOS):
                 token_id = self.tokenizer.bos_id if piece == BOS else self.tokenizer.eos_id
@@ -201,12 +229,11 @@ class PieceBuilder:
                         f"but the tokenizer has none; name it: as_text_tokenizer(tokenizer, "
                         f"{which}_token=...)"
                     )
-                spelt = self.tokenizer.token_text(token_id)
-                self.pieces.append(Piece(spelt, turn, labelled, token_ids=[token_id]))
+                chunks.append((self.tokenizer.token_text(token_id), (token_id,)))
                 continue
             for chunk in self._specials.split(piece) if self._specials else [piece]:
                 if chunk in self._special_ids:
-                    token_ids = [self._special_ids[chunk]]
-                    self.pieces.append(Piece(chunk, turn, labelled, token_ids=token_ids))
-                else:
-                    self._add_text(chunk, turn, labelled)
+                    chunks.append((chunk, (self._special_ids[chunk],)))
+                elif chunk:
+                    chunks.append((chunk, ()))
+        return tuple(chunks)

@@ -12,7 +12,6 @@ copies of it) and is never seen by the tokenizer.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,16 +97,37 @@ def render(
     or be absent, in which case the template's `image_slot` places them.
     """
     tok = as_text_tokenizer(tokenizer)
-    if image_token_count < 1:
+    builder = PieceBuilder(template, tok, image_token, image_token_count)
+    pieces, roles, segments = lay_out(builder, conversation, num_images, sample_id)
+    start = first_text_segment(segments)
+    segment_ids = [
+        _encode_segment(tok, segment, index == start, sample_id)
+        if segment.is_text
+        else segment.token_ids
+        for index, segment in enumerate(segments)
+    ]
+    sample = assemble(template, sample_id, pieces, roles, segments, segment_ids)
+    _check_whole_decode(tok, template, sample)
+    return sample
+
+
+def lay_out(
+    builder: PieceBuilder,
+    conversation: Sequence[Mapping[str, Any]],
+    num_images: int | None,
+    sample_id: str,
+) -> tuple[list[Piece], list[Role], list[Piece]]:
+    """A conversation checked and laid out: its pieces, the role of each turn, and the segments
+    to tokenise (see `segment_pieces`)."""
+    if builder.image_token_count < 1:
         raise ConversationError(
-            sample_id, f"image_token_count must be >= 1, got {image_token_count}"
+            sample_id, f"image_token_count must be >= 1, got {builder.image_token_count}"
         )
-    builder = PieceBuilder(template, tok, sample_id, image_token, image_token_count)
-    pieces, roles = builder.build(read_conversation(conversation, sample_id), num_images)
-    return _assemble(template, tok, sample_id, pieces, roles)
+    pieces, roles = builder.build(read_conversation(conversation, sample_id), num_images, sample_id)
+    return pieces, roles, segment_pieces(pieces)
 
 
-def _segments(pieces: list[Piece]) -> list[Piece]:
+def segment_pieces(pieces: list[Piece]) -> list[Piece]:
     """Merge neighbouring text pieces of one turn and one label state: the unit of tokenisation."""
     merged: list[Piece] = []
     for piece in pieces:
@@ -116,32 +136,44 @@ def _segments(pieces: list[Piece]) -> list[Piece]:
             last is not None
             and piece.is_text
             and last.is_text
-            and (last.turn, last.labelled) == (piece.turn, piece.labelled)
+            and last.turn == piece.turn
+            and last.labelled == piece.labelled
         ):
             last.text += piece.text
+            last.from_template = last.from_template and piece.from_template
         else:
-            merged.append(dataclasses.replace(piece, token_ids=list(piece.token_ids)))
+            merged.append(
+                Piece(
+                    piece.text,
+                    piece.turn,
+                    piece.labelled,
+                    piece.token_ids,
+                    piece.is_image,
+                    piece.from_template,
+                )
+            )
     return merged
 
 
-def _assemble(
+def first_text_segment(segments: Sequence[Piece]) -> int:
+    """The index of the segment encoded as the start of the sequence (-1 if none is text)."""
+    return next((index for index, segment in enumerate(segments) if segment.is_text), -1)
+
+
+def assemble(
     template: ChatTemplate,
-    tokenizer: TextTokenizer,
     sample_id: str,
-    pieces: list[Piece],
-    roles: list[Role],
+    pieces: Sequence[Piece],
+    roles: Sequence[Role],
+    segments: Sequence[Piece],
+    segment_ids: Sequence[Sequence[int]],
 ) -> RenderedSample:
+    """The sample from its segments and their checked ids."""
     input_ids: list[int] = []
     labels: list[int] = []
     image_spans: list[ImageSpan] = []
     bounds: list[list[int] | None] = [None] * len(roles)
-    sequence_start = True
-    for segment in _segments(pieces):
-        if segment.is_text:
-            ids = _encode_segment(tokenizer, segment, sequence_start, sample_id)
-            sequence_start = False
-        else:
-            ids = segment.token_ids
+    for segment, ids in zip(segments, segment_ids, strict=True):
         start = len(input_ids)
         input_ids += ids
         labels += ids if segment.labelled else [IGNORE_INDEX] * len(ids)
@@ -157,12 +189,10 @@ def _assemble(
         start, end = span if span else (previous_end, previous_end)
         turns.append(TurnSpan(role, start, end))
         previous_end = end
-    text = "".join(piece.text for piece in pieces)
-    _check_whole_decode(tokenizer, template, sample_id, input_ids, image_spans, text)
     return RenderedSample(
         sample_id=sample_id,
         template=template.name,
-        text=text,
+        text="".join(piece.text for piece in pieces),
         input_ids=tuple(input_ids),
         labels=tuple(labels),
         image_spans=tuple(image_spans),
@@ -223,20 +253,18 @@ def _decode_with_images(
 
 
 def _check_whole_decode(
-    tokenizer: TextTokenizer,
-    template: ChatTemplate,
-    sample_id: str,
-    input_ids: list[int],
-    image_spans: list[ImageSpan],
-    text: str,
+    tokenizer: TextTokenizer, template: ChatTemplate, sample: RenderedSample
 ) -> None:
     """Each piece decodes to its own text; this checks that the decoder reads them the same side
     by side (a decoder whose output depends on the neighbouring tokens would not)."""
-    decoded = _decode_with_images(tokenizer, input_ids, image_spans, template.image_text)
+    decoded = _decode_with_images(
+        tokenizer, sample.input_ids, sample.image_spans, template.image_text
+    )
+    text = sample.text
     if decoded != text:
         at = _first_difference(decoded, text)
         raise ConversationError(
-            sample_id,
+            sample.sample_id,
             f"the ids decode to a different text as a whole: from character {at}, "
             f"{text[at : at + 20]!r} decodes as {decoded[at : at + 20]!r}",
         )

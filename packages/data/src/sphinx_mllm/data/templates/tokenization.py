@@ -84,6 +84,12 @@ class _SentencePieceBackend:
     def decode(self, ids: Sequence[int]) -> str:
         return self._sp.decode(list(ids))
 
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        return self._sp.encode(texts)
+
+    def decode_many(self, id_lists: list[list[int]]) -> list[str]:
+        return self._sp.decode(id_lists)
+
     def token_text(self, token_id: int) -> str:
         return self._sp.id_to_piece(token_id)
 
@@ -112,6 +118,21 @@ class _HuggingFaceBackend:
             list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
         )
 
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        if not callable(self._tok):
+            return [self.encode(text) for text in texts]
+        encoded = self._tok(texts, add_special_tokens=False)["input_ids"]
+        return [list(ids) for ids in encoded]
+
+    def decode_many(self, id_lists: list[list[int]]) -> list[str]:
+        if not hasattr(self._tok, "batch_decode"):
+            return [self.decode(ids) for ids in id_lists]
+        return list(
+            self._tok.batch_decode(
+                id_lists, skip_special_tokens=False, clean_up_tokenization_spaces=False
+            )
+        )
+
     def token_text(self, token_id: int) -> str:
         return self._tok.convert_ids_to_tokens(token_id)
 
@@ -137,6 +158,17 @@ class _TokenizersBackend:
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        if not hasattr(self._tok, "encode_batch"):
+            return [self.encode(text) for text in texts]
+        encodings = self._tok.encode_batch(texts, add_special_tokens=False)
+        return [list(encoding.ids) for encoding in encodings]
+
+    def decode_many(self, id_lists: list[list[int]]) -> list[str]:
+        if not hasattr(self._tok, "decode_batch"):
+            return [self.decode(ids) for ids in id_lists]
+        return list(self._tok.decode_batch(id_lists, skip_special_tokens=False))
+
     def token_text(self, token_id: int) -> str:
         return self._tok.id_to_token(token_id)
 
@@ -157,6 +189,7 @@ class TokenizerAdapter:
         probe = backend.encode(_PROBE)
         self.adds_prefix_space = backend.decode(probe + probe) != _PROBE + _PROBE
         self._anchors = [(anchor, backend.encode(anchor)) for anchor in _ANCHORS]
+        self._decoded_anchor = backend.decode(self._anchors[0][1])
 
     def __repr__(self) -> str:
         return f"TokenizerAdapter({self.name}, adds_prefix_space={self.adds_prefix_space})"
@@ -198,6 +231,66 @@ class TokenizerAdapter:
         if not decoded.startswith(decoded_anchor):
             raise TokenizationError(f"{self.name} decoded {anchor!r} + ids as {decoded!r}")
         return decoded[len(decoded_anchor) :]
+
+    def encode_many(self, texts: Sequence[str], *, sequence_start: bool) -> list[list[int]]:
+        """`encode_text` of each text (the same ids, the same error for the first text that
+        fails), in one batched call of the tokenizer where it has one."""
+        return [ids for ids, _ in self.round_trip_many(texts, sequence_start=sequence_start)]
+
+    def round_trip_many(
+        self, texts: Sequence[str], *, sequence_start: bool
+    ) -> list[tuple[list[int], str]]:
+        """For each text, `encode_text` and `decode_text` of those ids, in one batched encode and
+        one batched decode. In the middle of a sequence a text is encoded behind the first
+        anchor, and the decode that checks it is the one `decode_text` does; a text that merges
+        with that anchor or does not decode back goes through `encode_text`, which tries the
+        others (and raises, for the first text that none carries)."""
+        result: list[tuple[list[int], str]] = [([], "") for _ in texts]
+        filled = [(index, text) for index, text in enumerate(texts) if text]
+        if not filled:
+            return result
+        if sequence_start or not self.adds_prefix_space:
+            encoded = self._backend.encode_many([text for _, text in filled])
+            decoded = self.decode_many(encoded, sequence_start=sequence_start)
+            for (index, _), ids, back in zip(filled, encoded, decoded, strict=True):
+                result[index] = (ids, back)
+            return result
+        anchor, anchor_ids = self._anchors[0]
+        size, decoded_anchor = len(anchor_ids), self._decoded_anchor
+        encoded = self._backend.encode_many([anchor + text for _, text in filled])
+        decoded = self._backend.decode_many(encoded)
+        for (index, text), ids, back in zip(filled, encoded, decoded, strict=True):
+            if ids[:size] == anchor_ids and back == decoded_anchor + text:
+                result[index] = (ids[size:], text)
+            else:
+                ids = self.encode_text(text, sequence_start=False)
+                result[index] = (ids, self.decode_text(ids, sequence_start=False))
+        return result
+
+    def decode_many(self, id_lists: Sequence[Sequence[int]], *, sequence_start: bool) -> list[str]:
+        """`decode_text` of each id list (the same texts, the same error for the first that
+        fails), in one batched call of the tokenizer where it has one."""
+        result = ["" for _ in id_lists]
+        filled = [(index, list(ids)) for index, ids in enumerate(id_lists) if ids]
+        if not filled:
+            return result
+        if sequence_start or not self.adds_prefix_space:
+            texts = self._backend.decode_many([ids for _, ids in filled])
+            for (index, _), text in zip(filled, texts, strict=True):
+                result[index] = text
+            return result
+        anchor, anchor_ids = self._anchors[0]
+        decoded_anchor = self._decoded_anchor
+        texts = self._backend.decode_many([anchor_ids + ids for _, ids in filled])
+        for (index, _), text in zip(filled, texts, strict=True):
+            if not text.startswith(decoded_anchor):
+                raise TokenizationError(f"{self.name} decoded {anchor!r} + ids as {text!r}")
+            result[index] = text[len(decoded_anchor) :]
+        return result
+
+    def has_special(self, ids: Sequence[int]) -> bool:
+        """Whether any of the ids is a control token: `is_special` over a whole list at once."""
+        return not self._backend.special_ids.isdisjoint(ids)
 
     def special_token_id(self, text: str) -> int | None:
         # Only a control token: an ordinary vocabulary entry that happens to spell `text` is
