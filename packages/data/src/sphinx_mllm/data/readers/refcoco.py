@@ -20,6 +20,7 @@ from sphinx_mllm.data.readers.json_stream import AnnotationFormatError, iter_top
 from sphinx_mllm.data.readers.problems import Problems
 
 COCO_TRAIN_2014 = "COCO_train2014_{image_id:012d}.jpg"
+_EXPORT_KEYS = frozenset({"image_id", "split", "sentences", "bbox"})
 
 
 @dataclass(frozen=True)
@@ -126,9 +127,8 @@ def read_refs_export(
     path = Path(path)
     problems = problems or Problems()
     for index, row in enumerate(_rows_from_export(path)):
-        where = f"{path} row {index}"
-        if not isinstance(row, dict) or not {"image_id", "split", "sentences", "bbox"} <= set(row):
-            problems.report(where, "missing image_id, split, sentences or bbox")
+        if not isinstance(row, dict) or not row.keys() >= _EXPORT_KEYS:
+            problems.report(f"{path} row {index}", "missing image_id, split, sentences or bbox")
             continue
         image_id = int(row["image_id"])
         size = (
@@ -138,20 +138,26 @@ def read_refs_export(
         )
         bbox = row["bbox"]
         if size is None:
-            problems.report(where, f"no width/height and no image size for image {image_id}")
+            problems.report(
+                f"{path} row {index}", f"no width/height and no image size for image {image_id}"
+            )
             continue
-        if not (isinstance(bbox, list | tuple) and len(bbox) == 4):
-            problems.report(where, f"bbox is not 4 numbers: {bbox!r}")
+        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4):
+            problems.report(f"{path} row {index}", f"bbox is not 4 numbers: {bbox!r}")
             continue
-        sentences = row["sentences"]
-        texts = [s.get("sent", s.get("raw", "")) if isinstance(s, dict) else s for s in sentences]
+        sentences = tuple(
+            [
+                str(s.get("sent", s.get("raw", "")) if isinstance(s, dict) else s).strip()
+                for s in row["sentences"]
+            ]
+        )
         yield ReferringExpression(
-            ref_id=int(row.get("ref_id", index)),
-            image_id=image_id,
-            file_name=str(row.get("file_name") or file_pattern.format(image_id=image_id)),
-            image_size=(int(size[0]), int(size[1])),
-            split=str(row["split"]),
-            bbox=tuple(float(v) for v in bbox),
-            sentences=tuple(str(t).strip() for t in texts),
-            category_id=row.get("category_id"),
+            int(row.get("ref_id", index)),
+            image_id,
+            str(row.get("file_name") or file_pattern.format(image_id=image_id)),
+            (int(size[0]), int(size[1])),
+            str(row["split"]),
+            (float(bbox[0]), float(bbox[1]), float(bbox[2]), float(bbox[3])),
+            sentences,
+            row.get("category_id"),
         )

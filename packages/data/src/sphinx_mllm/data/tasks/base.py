@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sphinx_mllm.data.readers.problems import OnError, Problems
+from sphinx_mllm.data.tasks.geometry import coordinates_out_of_range
 
 IMAGE_TOKEN = "<image>"
 
@@ -127,19 +128,25 @@ class TaskBuilder(ABC):
 
 
 def validate(sample: Sample) -> str | None:
-    """Why a sample is invalid, or None."""
-    from sphinx_mllm.data.tasks.geometry import coordinates_out_of_range
-
+    """Why a sample is invalid, or None. Runs on every record built: plain loops, no generators."""
     turns = sample.conversations
-    if not turns or not any(turn.get("from") in ("gpt", "assistant") for turn in turns):
+    for turn in turns:
+        if turn.get("from") in ("gpt", "assistant"):
+            break
+    else:
         return "no assistant turn"
     placeholders = [turn["value"].count(IMAGE_TOKEN) for turn in turns]
-    if sample.image is not None and (sum(placeholders) != 1 or placeholders[0] != 1):
-        return "the image placeholder is not exactly once, in the first human turn"
-    if sample.image is None and sum(placeholders):
+    total = sum(placeholders)
+    if sample.image is not None:
+        if total != 1 or placeholders[0] != 1:
+            return "the image placeholder is not exactly once, in the first human turn"
+    elif total:
         return "an image placeholder without an image"
-    if any(not turn["value"].strip() for turn in turns):
-        return "an empty turn"
-    if any(coordinates_out_of_range(turn["value"]) for turn in turns):
-        return "coordinates outside [0, 1]"
+    for turn in turns:
+        if not turn["value"].strip():
+            return "an empty turn"
+    for turn in turns:
+        value = turn["value"]
+        if "[" in value and coordinates_out_of_range(value):  # no bracket, no coordinate
+            return "coordinates outside [0, 1]"
     return None

@@ -3,6 +3,7 @@ and frame, and the check that every coordinate a text carries lies in [0, 1]."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -20,18 +21,23 @@ _BRACKETS = re.compile(r"\[([^\[\]]*)\]")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
+@functools.lru_cache(maxsize=4096)
+def _sphinx_out_of_range(text: str) -> bool:
+    """The SPHINX-style check, cached: the samples of one object (one per sentence of a ref)
+    carry the same box text."""
+    for inside in _BRACKETS.findall(text):
+        for number in _NUMBER.findall(inside):
+            if not 0.0 <= float(number) <= 1.0:
+                return True
+    return False
+
+
 def coordinates_out_of_range(text: str, style: str = "sphinx") -> bool:
     """True when a box or point in `text` has a coordinate outside [0, 1] (or is malformed).
     SPHINX-style brackets are scanned directly (this runs on every record built); other
     styles go through the codec's parser."""
     if style == "sphinx":
-        if "[" not in text:
-            return False
-        return any(
-            not 0.0 <= float(number) <= 1.0
-            for inside in _BRACKETS.findall(text)
-            for number in _NUMBER.findall(inside)
-        )
+        return "[" in text and _sphinx_out_of_range(text)
     try:
         groups = [*parse_boxes(text, style), *parse_points(text, style)]
     except BoxParseError:

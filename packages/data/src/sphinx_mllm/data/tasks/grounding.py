@@ -39,7 +39,8 @@ class ReferringComprehension(BoxTask):
 
     def samples(self, source: Iterable[ReferringExpression]) -> Iterator[Sample]:
         for ref in source:
-            box = self.writer.boxes([self.writer.from_xywh(ref.bbox)], ref.image_size)
+            xyxy = self.writer.from_xywh(ref.bbox)  # once per ref: its sentences share the box
+            box = self.writer.boxes([xyxy], ref.image_size)
             for index, sentence in enumerate(ref.sentences):
                 expression = sentence.rstrip(" .")
                 if not expression:
@@ -49,7 +50,7 @@ class ReferringComprehension(BoxTask):
                 prompt = self.instructions.for_sample(sample_id, expression=expression)
                 meta = {
                     "image_size": list(ref.image_size),
-                    "bbox_xyxy": list(self.writer.from_xywh(ref.bbox)),
+                    "bbox_xyxy": list(xyxy),
                     "split": ref.split,
                 }
                 yield Sample(sample_id, ref.file_name, one_round(prompt, box), meta)

@@ -1,5 +1,6 @@
 """Lay a checked conversation out as pieces in order: template text, messages, BOS/EOS and other
 special tokens, image placeholder spans; each piece knows its turn and whether it is a label.
+Neighbouring text of one turn and one label state is one piece: the unit of tokenisation.
 
 `rendering` tokenises the pieces; this module decides where everything goes and rejects what
 cannot be rendered (images outside user messages, a placeholder count that does not match the
@@ -198,7 +199,17 @@ class PieceBuilder:
     def _add_text(
         self, text: str, turn: int, labelled: bool = False, *, from_template: bool = False
     ) -> None:
-        if text:
+        if not text:
+            return
+        last = self.pieces[-1] if self.pieces else None
+        if (
+            last is not None
+            and not last.token_ids
+            and (last.turn, last.labelled) == (turn, labelled)
+        ):
+            last.text += text
+            last.from_template = last.from_template and from_template
+        else:
             self.pieces.append(Piece(text, turn, labelled, from_template=from_template))
 
     def _add_image(self, turn: int) -> None:
@@ -206,6 +217,8 @@ class PieceBuilder:
         self.pieces.append(Piece(self.template.image_text, turn, token_ids=ids, is_image=True))
 
     def _add_template_text(self, text: str, turn: int, labelled: bool = False) -> None:
+        if not text:
+            return
         chunks = self._template_chunks.get(text)
         if chunks is None:
             chunks = self._template_chunks[text] = self._split_template_text(text)
@@ -213,7 +226,7 @@ class PieceBuilder:
             if token_ids:
                 self.pieces.append(Piece(chunk, turn, labelled, token_ids=token_ids))
             else:
-                self.pieces.append(Piece(chunk, turn, labelled, from_template=True))
+                self._add_text(chunk, turn, labelled, from_template=True)
 
     def _split_template_text(self, text: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
         """Template text as chunks, each with its fixed ids (BOS, EOS, a special token) or no

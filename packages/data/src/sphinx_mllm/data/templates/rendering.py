@@ -7,7 +7,8 @@ re-tokenising strings. Every piece must decode back to exactly its text, so the 
 decodes to the rendered text (see `tokenization` for SentencePiece's dummy prefix); a piece that
 does not, an empty reply, or a misplaced image placeholder raises `ConversationError` naming the
 sample. `<image>` in a user message becomes the caller's placeholder id (or `image_token_count`
-copies of it) and is never seen by the tokenizer.
+copies of it) and is never seen by the tokenizer. `batch.render_batch` gives the same samples
+for many conversations, calling the tokenizer in batches.
 """
 
 from __future__ import annotations
@@ -98,15 +99,13 @@ def render(
     """
     tok = as_text_tokenizer(tokenizer)
     builder = PieceBuilder(template, tok, image_token, image_token_count)
-    pieces, roles, segments = lay_out(builder, conversation, num_images, sample_id)
-    start = first_text_segment(segments)
-    segment_ids = [
-        _encode_segment(tok, segment, index == start, sample_id)
-        if segment.is_text
-        else segment.token_ids
-        for index, segment in enumerate(segments)
+    roles, pieces = lay_out(builder, conversation, num_images, sample_id)
+    start = first_text_piece(pieces)
+    piece_ids = [
+        _encode_piece(tok, piece, index == start, sample_id) if piece.is_text else piece.token_ids
+        for index, piece in enumerate(pieces)
     ]
-    sample = assemble(template, sample_id, pieces, roles, segments, segment_ids)
+    sample = assemble(template, sample_id, roles, pieces, piece_ids)
     _check_whole_decode(tok, template, sample)
     return sample
 
@@ -116,73 +115,47 @@ def lay_out(
     conversation: Sequence[Mapping[str, Any]],
     num_images: int | None,
     sample_id: str,
-) -> tuple[list[Piece], list[Role], list[Piece]]:
-    """A conversation checked and laid out: its pieces, the role of each turn, and the segments
-    to tokenise (see `segment_pieces`)."""
+) -> tuple[list[Role], list[Piece]]:
+    """A conversation checked and laid out: the role of each turn, and its pieces."""
     if builder.image_token_count < 1:
         raise ConversationError(
             sample_id, f"image_token_count must be >= 1, got {builder.image_token_count}"
         )
     pieces, roles = builder.build(read_conversation(conversation, sample_id), num_images, sample_id)
-    return pieces, roles, segment_pieces(pieces)
+    return roles, pieces
 
 
-def segment_pieces(pieces: list[Piece]) -> list[Piece]:
-    """Merge neighbouring text pieces of one turn and one label state: the unit of tokenisation."""
-    merged: list[Piece] = []
-    for piece in pieces:
-        last = merged[-1] if merged else None
-        if (
-            last is not None
-            and piece.is_text
-            and last.is_text
-            and last.turn == piece.turn
-            and last.labelled == piece.labelled
-        ):
-            last.text += piece.text
-            last.from_template = last.from_template and piece.from_template
-        else:
-            merged.append(
-                Piece(
-                    piece.text,
-                    piece.turn,
-                    piece.labelled,
-                    piece.token_ids,
-                    piece.is_image,
-                    piece.from_template,
-                )
-            )
-    return merged
-
-
-def first_text_segment(segments: Sequence[Piece]) -> int:
-    """The index of the segment encoded as the start of the sequence (-1 if none is text)."""
-    return next((index for index, segment in enumerate(segments) if segment.is_text), -1)
+def first_text_piece(pieces: Sequence[Piece]) -> int:
+    """The index of the piece encoded as the start of the sequence (-1 if none is text)."""
+    for index, piece in enumerate(pieces):
+        if not piece.token_ids:
+            return index
+    return -1
 
 
 def assemble(
     template: ChatTemplate,
     sample_id: str,
-    pieces: Sequence[Piece],
     roles: Sequence[Role],
-    segments: Sequence[Piece],
-    segment_ids: Sequence[Sequence[int]],
+    pieces: Sequence[Piece],
+    piece_ids: Sequence[Sequence[int]],
 ) -> RenderedSample:
-    """The sample from its segments and their checked ids."""
+    """The sample from its pieces and their checked ids."""
     input_ids: list[int] = []
     labels: list[int] = []
     image_spans: list[ImageSpan] = []
-    bounds: list[list[int] | None] = [None] * len(roles)
-    for segment, ids in zip(segments, segment_ids, strict=True):
+    bounds: list[tuple[int, int] | None] = [None] * len(roles)
+    for piece, ids in zip(pieces, piece_ids, strict=True):
         start = len(input_ids)
         input_ids += ids
-        labels += ids if segment.labelled else [IGNORE_INDEX] * len(ids)
-        if segment.is_image:
-            image_spans.append(ImageSpan(start, len(input_ids)))
-        if segment.turn >= 0:
-            span = bounds[segment.turn] or [start, start]
-            span[1] = len(input_ids)
-            bounds[segment.turn] = span
+        labels += ids if piece.labelled else [IGNORE_INDEX] * len(ids)
+        end = len(input_ids)
+        if piece.is_image:
+            image_spans.append(ImageSpan(start, end))
+        turn = piece.turn
+        if turn >= 0:
+            span = bounds[turn]
+            bounds[turn] = (span[0], end) if span else (start, end)
     turns = []
     previous_end = next((span[0] for span in bounds if span), len(input_ids))
     for role, span in zip(roles, bounds, strict=True):
@@ -192,7 +165,7 @@ def assemble(
     return RenderedSample(
         sample_id=sample_id,
         template=template.name,
-        text="".join(piece.text for piece in pieces),
+        text="".join([piece.text for piece in pieces]),
         input_ids=tuple(input_ids),
         labels=tuple(labels),
         image_spans=tuple(image_spans),
@@ -200,12 +173,12 @@ def assemble(
     )
 
 
-def _encode_segment(
-    tokenizer: TextTokenizer, segment: Piece, sequence_start: bool, sample_id: str
+def _encode_piece(
+    tokenizer: TextTokenizer, piece: Piece, sequence_start: bool, sample_id: str
 ) -> list[int]:
-    what = f"{'the reply' if segment.labelled else 'the text'} {segment.text[:60]!r}"
+    what = f"{'the reply' if piece.labelled else 'the text'} {piece.text[:60]!r}"
     try:
-        ids = tokenizer.encode_text(segment.text, sequence_start=sequence_start)
+        ids = tokenizer.encode_text(piece.text, sequence_start=sequence_start)
         decoded = tokenizer.decode_text(ids, sequence_start=sequence_start)
     except TokenizationError as error:
         raise ConversationError(sample_id, f"{what}: {error}") from error
@@ -217,12 +190,12 @@ def _encode_segment(
         raise ConversationError(
             sample_id, f"{what} holds text the tokenizer reads as special token(s) {spelt}"
         )
-    if decoded != segment.text:
-        at = _first_difference(decoded, segment.text)
+    if decoded != piece.text:
+        at = _first_difference(decoded, piece.text)
         raise ConversationError(
             sample_id,
             f"{what} does not survive tokenisation: from character {at}, "
-            f"{segment.text[at : at + 20]!r} decodes as {decoded[at : at + 20]!r}",
+            f"{piece.text[at : at + 20]!r} decodes as {decoded[at : at + 20]!r}",
         )
     return ids
 

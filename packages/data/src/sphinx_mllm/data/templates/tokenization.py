@@ -21,6 +21,10 @@ Rendering tokenises a conversation piece by piece and needs every piece to token
   (rendering does both), so a vocabulary that cannot split there fails loudly instead of
   mislabelling.
 
+`TokenizerAdapter` also encodes and decodes many texts at once (`encode_many`, `decode_many`,
+`round_trip_many`) with the tokenizer's own batch calls where it has them: the same results as
+the one-text methods, for `render_batch`.
+
 Template strings such as `<|im_start|>` become one id only where the tokenizer has them as a
 control token (SentencePiece control piece, added special token); message text is never read for
 special tokens, and text that the tokenizer itself turns into one is refused by rendering.
@@ -28,7 +32,7 @@ special tokens, and text that the tokenizer itself turns into one is refused by 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 _ANCHORS = ("\n", ".", "!", "a")
@@ -235,60 +239,70 @@ class TokenizerAdapter:
     def encode_many(self, texts: Sequence[str], *, sequence_start: bool) -> list[list[int]]:
         """`encode_text` of each text (the same ids, the same error for the first text that
         fails), in one batched call of the tokenizer where it has one."""
-        return [ids for ids, _ in self.round_trip_many(texts, sequence_start=sequence_start)]
+        return self.round_trip_many(texts, sequence_start=sequence_start)[0]
 
     def round_trip_many(
         self, texts: Sequence[str], *, sequence_start: bool
-    ) -> list[tuple[list[int], str]]:
-        """For each text, `encode_text` and `decode_text` of those ids, in one batched encode and
+    ) -> tuple[list[list[int]], list[str]]:
+        """`encode_text` of each text, and `decode_text` of those ids, in one batched encode and
         one batched decode. In the middle of a sequence a text is encoded behind the first
         anchor, and the decode that checks it is the one `decode_text` does; a text that merges
         with that anchor or does not decode back goes through `encode_text`, which tries the
         others (and raises, for the first text that none carries)."""
-        result: list[tuple[list[int], str]] = [([], "") for _ in texts]
-        filled = [(index, text) for index, text in enumerate(texts) if text]
-        if not filled:
-            return result
         if sequence_start or not self.adds_prefix_space:
-            encoded = self._backend.encode_many([text for _, text in filled])
-            decoded = self.decode_many(encoded, sequence_start=sequence_start)
-            for (index, _), ids, back in zip(filled, encoded, decoded, strict=True):
-                result[index] = (ids, back)
-            return result
+            encoded = self._encode_filled(texts)
+            return encoded, self.decode_many(encoded, sequence_start=sequence_start)
         anchor, anchor_ids = self._anchors[0]
         size, decoded_anchor = len(anchor_ids), self._decoded_anchor
-        encoded = self._backend.encode_many([anchor + text for _, text in filled])
-        decoded = self._backend.decode_many(encoded)
-        for (index, text), ids, back in zip(filled, encoded, decoded, strict=True):
-            if ids[:size] == anchor_ids and back == decoded_anchor + text:
-                result[index] = (ids[size:], text)
+        encoded = self._encode_filled([anchor + text if text else "" for text in texts])
+        decoded = self.decode_many(encoded, sequence_start=True)
+        ids_out: list[list[int]] = []
+        texts_out: list[str] = []
+        for text, ids, back in zip(texts, encoded, decoded, strict=True):
+            if not text:
+                ids_out.append([])
+                texts_out.append("")
+            elif ids[:size] == anchor_ids and back == decoded_anchor + text:
+                ids_out.append(ids[size:])
+                texts_out.append(text)
             else:
                 ids = self.encode_text(text, sequence_start=False)
-                result[index] = (ids, self.decode_text(ids, sequence_start=False))
+                ids_out.append(ids)
+                texts_out.append(self.decode_text(ids, sequence_start=False))
+        return ids_out, texts_out
+
+    def _encode_filled(self, texts: Sequence[str]) -> list[list[int]]:
+        """The backend's ids of each text in one batched call; none for an empty text."""
+        result: list[list[int]] = [[] for _ in texts]
+        filled = [index for index, text in enumerate(texts) if text]
+        encoded = self._backend.encode_many([texts[index] for index in filled]) if filled else []
+        for index, ids in zip(filled, encoded, strict=True):
+            result[index] = ids
         return result
 
     def decode_many(self, id_lists: Sequence[Sequence[int]], *, sequence_start: bool) -> list[str]:
         """`decode_text` of each id list (the same texts, the same error for the first that
         fails), in one batched call of the tokenizer where it has one."""
-        result = ["" for _ in id_lists]
-        filled = [(index, list(ids)) for index, ids in enumerate(id_lists) if ids]
+        filled = [index for index, ids in enumerate(id_lists) if ids]
         if not filled:
-            return result
-        if sequence_start or not self.adds_prefix_space:
-            texts = self._backend.decode_many([ids for _, ids in filled])
-            for (index, _), text in zip(filled, texts, strict=True):
-                result[index] = text
-            return result
+            return ["" for _ in id_lists]
+        plain = sequence_start or not self.adds_prefix_space
         anchor, anchor_ids = self._anchors[0]
+        batch = [
+            list(id_lists[index]) if plain else [*anchor_ids, *id_lists[index]] for index in filled
+        ]
+        result = ["" for _ in id_lists]
         decoded_anchor = self._decoded_anchor
-        texts = self._backend.decode_many([anchor_ids + ids for _, ids in filled])
-        for (index, _), text in zip(filled, texts, strict=True):
-            if not text.startswith(decoded_anchor):
+        for index, text in zip(filled, self._backend.decode_many(batch), strict=True):
+            if plain:
+                result[index] = text
+            elif text.startswith(decoded_anchor):
+                result[index] = text[len(decoded_anchor) :]
+            else:
                 raise TokenizationError(f"{self.name} decoded {anchor!r} + ids as {text!r}")
-            result[index] = text[len(decoded_anchor) :]
         return result
 
-    def has_special(self, ids: Sequence[int]) -> bool:
+    def has_special(self, ids: Iterable[int]) -> bool:
         """Whether any of the ids is a control token: `is_special` over a whole list at once."""
         return not self._backend.special_ids.isdisjoint(ids)
 
