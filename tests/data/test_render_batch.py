@@ -28,22 +28,10 @@ from tests.data.test_templates import (
     IMAGE,
     SNIPPETS,
     CharLevel,
-    _byte_level_bpe,
-    _sentencepiece,
 )
 
 WORDS = ["the", "dog", "Human:", "###", "ünïcode", "東京", "😀", "3.5", "42", "  ", "\n", "x", BOX]
 WORDS += SNIPPETS
-
-
-@pytest.fixture(scope="module")
-def sentencepiece_model():
-    return _sentencepiece()
-
-
-@pytest.fixture(scope="module")
-def bpe_model():
-    return _byte_level_bpe()
 
 
 @pytest.fixture(scope="module", params=["sentencepiece", "byte_bpe"])

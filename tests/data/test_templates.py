@@ -82,16 +82,6 @@ def _byte_level_bpe():
     return tokenizer
 
 
-@pytest.fixture(scope="module")
-def sentencepiece_model():
-    return _sentencepiece()
-
-
-@pytest.fixture(scope="module")
-def bpe_model():
-    return _byte_level_bpe()
-
-
 @pytest.fixture(scope="module", params=["sentencepiece", "byte_bpe"])
 def tokenizer(request, sentencepiece_model, bpe_model):
     """(adapter, raw decode of ids without image ids, the text that raw decode must give)."""

@@ -11,8 +11,8 @@ from PIL import Image
 from skimage import data
 
 from sphinx_mllm.encoders import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_to_imagenet
+from sphinx_mllm.encoders.transforms import pil_to_tensor
 from sphinx_mllm.mixer import padded_resize
-from sphinx_mllm.mixer.views import pil_to_unit_tensor
 from tests.mixer.tiny_sphinx import TINY_BASE, tiny_sphinx_stack
 
 
@@ -31,7 +31,7 @@ def sphinx_encode_image(stack, image: Image.Image, grid: int) -> torch.Tensor:
     side = TINY_BASE * grid
     mean = torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1)
     std = torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)
-    image = (pil_to_unit_tensor(padded_resize(image, side)) - mean) / std
+    image = (pil_to_tensor(padded_resize(image, side)) - mean) / std
     views = (
         [image]
         if grid == 1

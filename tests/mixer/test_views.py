@@ -8,9 +8,10 @@ from PIL import Image
 from skimage import data
 
 from sphinx_mllm.encoders import OPENAI_CLIP_MEAN
+from sphinx_mllm.encoders.transforms import pil_to_tensor
 from sphinx_mllm.mixer import get_view_splitter, padded_resize
 from sphinx_mllm.mixer.anyres import select_best_resolution
-from sphinx_mllm.mixer.views import OPENAI_CLIP_FILL, fill_colour, pad_box, pil_to_unit_tensor
+from sphinx_mllm.mixer.views import OPENAI_CLIP_FILL, fill_colour, pad_box
 
 
 def test_fill_is_the_truncated_clip_mean():
@@ -30,7 +31,7 @@ def test_padding_offset_is_half_the_difference_on_the_short_axis(size, offsets):
 def test_padded_resize_places_the_image_where_the_box_codec_expects():
     image = Image.new("RGB", (640, 428), (255, 255, 255))
     square = padded_resize(image, 640)  # no resize: the padding itself
-    pixels = pil_to_unit_tensor(square)
+    pixels = pil_to_tensor(square)
     assert square.size == (640, 640)
     column = pixels[0, :, 320]
     content = (column == 1.0).nonzero().flatten()
@@ -42,7 +43,7 @@ def test_a_448_image_splits_into_global_then_tiles_that_reassemble_exactly():
     image = Image.fromarray(data.astronaut())
     splitter = get_view_splitter("global_grid")(base_size=224, grid=2)
     views, layout = splitter.split(image)
-    canvas = pil_to_unit_tensor(padded_resize(image, 448))
+    canvas = pil_to_tensor(padded_resize(image, 448))
     assert views.shape == (5, 3, 224, 224)
     assert [(v.kind, v.row, v.col) for v in layout.views] == [
         ("global", None, None),
@@ -96,7 +97,7 @@ def test_anyres_views_and_global_square():
     views, layout = splitter.split(image)
     assert layout.canvas_size == (128, 64)
     assert views.shape == (3, 3, 64, 64)
-    assert torch.equal(views[0], pil_to_unit_tensor(padded_resize(image, 64)))
+    assert torch.equal(views[0], pil_to_tensor(padded_resize(image, 64)))
     assert layout.views[0].box == (0.0, -32.0, 128.0, 96.0)
 
 
@@ -115,7 +116,7 @@ def test_layout_maps_boxes_between_canvas_and_image():
 def test_layout_draws_tile_outlines_on_the_original_image():
     image = Image.new("RGB", (400, 400), (0, 0, 0))
     layout = get_view_splitter("global_grid")(base_size=100, grid=2).layout(image.size)
-    drawn = pil_to_unit_tensor(layout.draw(image, width=1))
+    drawn = pil_to_tensor(layout.draw(image, width=1))
     assert (
         drawn[0, 0, :].eq(1.0).all() and drawn[0, 199, :].eq(1.0).all()
     )  # tile top and bottom edges

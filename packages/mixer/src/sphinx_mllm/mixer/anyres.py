@@ -14,13 +14,13 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
+from sphinx_mllm.encoders.transforms import pil_to_tensor
 from sphinx_mllm.mixer.splitters import ViewSplitter
 from sphinx_mllm.mixer.views import (
     OPENAI_CLIP_FILL,
     View,
     ViewLayout,
     padded_resize,
-    pil_to_unit_tensor,
 )
 
 # (rows, cols) of LLaVA-NeXT's image_grid_pinpoints for a 336 base: 336x672, 672x336, 672x672,
@@ -84,7 +84,7 @@ class AnyRes(ViewSplitter):
     def _global_view(self, canvas: torch.Tensor, image: Image.Image | None) -> torch.Tensor:
         if image is None:
             raise ValueError("AnyRes needs the image itself for its global view (a padded square)")
-        return pil_to_unit_tensor(padded_resize(image, self.base_size, self.fill))
+        return pil_to_tensor(padded_resize(image, self.base_size, self.fill))
 
 
 def anyres(

@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from sphinx_mllm.encoders.transforms import pil_to_tensor
 from sphinx_mllm.mixer.views import (
     OPENAI_CLIP_FILL,
     View,
     ViewLayout,
     pad_box,
     padded_resize,
-    pil_to_unit_tensor,
 )
 
 
@@ -86,7 +86,7 @@ class ViewSplitter(ABC):
         if not isinstance(image, Image.Image):
             raise TypeError(f"{type(self).__name__} splits a PIL image, got {type(image).__name__}")
         layout = self.layout(image.size)
-        canvas = pil_to_unit_tensor(padded_resize(image, layout.canvas_size, self.fill))
+        canvas = pil_to_tensor(padded_resize(image, layout.canvas_size, self.fill))
         return self.split_canvas(canvas, layout, image), layout
 
     def split_canvas(

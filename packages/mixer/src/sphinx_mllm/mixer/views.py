@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from PIL import Image, ImageDraw
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1
@@ -118,10 +117,3 @@ class ViewLayout:
                 x0, y0, x1, y1 = self.canvas_to_image(view.box)
                 pen.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(255, 0, 0), width=width)
         return drawn
-
-
-def pil_to_unit_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> float tensor [3, H, W] in [0, 1] (normalisation is per encoder, later)."""
-    rgb = image.convert("RGB")
-    data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
-    return data.view(rgb.height, rgb.width, 3).permute(2, 0, 1).float().div_(255)

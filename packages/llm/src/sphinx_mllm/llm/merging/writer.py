@@ -23,12 +23,9 @@ from pathlib import Path
 import torch
 
 from sphinx_mllm.core.weight_files import SAFETENSORS_INDEX
+from sphinx_mllm.llm.merging.checkpoint import SAFETENSORS_DTYPES
 
-TORCH_TO_SAFETENSORS = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
-    torch.uint8: "U8", torch.bool: "BOOL",
-}  # fmt: skip
+TORCH_TO_SAFETENSORS = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 COPIED_FILES = (
     "config.json",
     "generation_config.json",
