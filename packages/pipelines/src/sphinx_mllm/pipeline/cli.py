@@ -94,6 +94,16 @@ def encode(
         )
 
 
+def _register_commands() -> None:
+    """Commands kept in their own modules (`sphinx_mllm.pipeline.commands`) add themselves."""
+    from sphinx_mllm.pipeline.commands import register_all
+
+    register_all(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     """Entry point of the `sphinx-pipeline` console script."""
     app()

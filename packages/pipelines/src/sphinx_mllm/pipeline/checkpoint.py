@@ -1,0 +1,221 @@
+"""Self-describing model checkpoints: `save_pretrained(model, dir)` / `load_pretrained(dir)`.
+
+A checkpoint directory holds
+
+- `config.yaml`: the fully resolved `ModelConfig` (every component by registry name and arguments);
+- `model.safetensors`, or shards `model-0000k-of-0000n.safetensors` with
+  `model.safetensors.index.json`: the weights, by `SphinxModel` parameter name;
+- `tokenizer/`: the tokenizer files, when the model has a tokenizer;
+- `checkpoint.json`: the format version, the tensors left out because they are tied to another
+  (`lm_head.weight` to the embeddings) and the frozen pretrained encoders referenced by their
+  source instead of copied (rebuilt from that source on loading).
+
+Everything is written into a hidden sibling directory and renamed into place when complete, so an
+interrupted save never leaves a directory that looks finished. Nothing is read with pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sphinx_mllm.core.weight_files import CheckpointError
+from sphinx_mllm.llm.merging.checkpoint import ModelCheckpoint
+from sphinx_mllm.llm.merging.writer import (
+    AtomicOutputDirectory,
+    OutputTensor,
+    StreamingShardWriter,
+    plan_shards,
+    shard_names,
+    write_index,
+)
+from sphinx_mllm.pipeline.config import ModelConfig
+from sphinx_mllm.pipeline.model import SphinxModel
+
+CONFIG_FILE = "config.yaml"
+MANIFEST_FILE = "checkpoint.json"
+TOKENIZER_DIR = "tokenizer"
+FORMAT_VERSION = 1
+DEFAULT_SHARD_BYTES = 5 * 1024**3
+
+
+def save_pretrained(
+    model: SphinxModel,
+    directory: str | Path,
+    *,
+    overwrite: bool = False,
+    reference_frozen_encoders: bool = True,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> Path:
+    """Write `model` to `directory` atomically; an existing directory is refused unless
+    `overwrite`. Frozen encoders whose config names a pretrained source are referenced by that
+    source instead of copied, unless `reference_frozen_encoders=False`."""
+    if model.config is None:
+        raise ValueError(
+            "This SphinxModel has no ModelConfig (it was assembled from parts by hand), so a "
+            "checkpoint could not describe it; build it with build_model(config, components=...)"
+        )
+    referenced = _referenced_encoders(model) if reference_frozen_encoders else {}
+    tensors, tied = _unique_tensors(model, skip_prefixes=tuple(f"{p}." for p in referenced))
+    output = AtomicOutputDirectory(directory, force=overwrite)
+    try:
+        model.config.save(output.path / CONFIG_FILE)
+        _write_weights(output.path, tensors, shard_bytes, model.config)
+        if model.tokenizer is not None:
+            model.tokenizer.save_pretrained(output.path / TOKENIZER_DIR)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "tied": tied,
+            "referenced_encoders": referenced,
+        }
+        (output.path / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        return output.commit()
+    except BaseException:
+        output.abort()
+        raise
+
+
+def load_pretrained(
+    directory: str | Path,
+    *,
+    device: torch.device | str | None = None,
+    components: dict[str, Any] | None = None,
+) -> SphinxModel:
+    """Rebuild the model a checkpoint describes and load its weights. A missing file, or weights
+    that do not fit the config, raise `CheckpointError` naming the file and the tensors."""
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"No checkpoint directory at {directory}")
+    for required in (CONFIG_FILE, MANIFEST_FILE):
+        if not (directory / required).is_file():
+            raise CheckpointError(
+                f"{directory} is not a sphinx-pipeline checkpoint: {required} is missing"
+            )
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{directory / MANIFEST_FILE}: format_version {manifest.get('format_version')!r}, "
+            f"this sphinx-pipeline reads {FORMAT_VERSION}"
+        )
+    config = ModelConfig.load(directory / CONFIG_FILE)
+    components = dict(components or {})
+    if (directory / TOKENIZER_DIR).is_dir() and "tokenizer" not in components:
+        from transformers import AutoTokenizer
+
+        components["tokenizer"] = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR)
+    from sphinx_mllm.pipeline.building import build_model
+
+    model = build_model(_weights_from_checkpoint(config), device=device, components=components)
+    model.config = config
+    _load_weights(model, directory, manifest)
+    return model
+
+
+def _weights_from_checkpoint(config: ModelConfig) -> ModelConfig:
+    """The config to build before loading: nothing fetched that the checkpoint holds itself
+    (referenced frozen encoders keep their pretrained source)."""
+    return config.replace(**{"llm.pretrained": False})
+
+
+def _referenced_encoders(model: SphinxModel) -> dict[str, str]:
+    """`visual.encoders.<stream>` -> pretrained source, for frozen encoders that have one."""
+    referenced = {}
+    specs = model.config.vision.encoders
+    for spec, (stream, encoder) in zip(specs, model.visual.encoders.items(), strict=False):
+        source = spec.options.get("pretrained")
+        if source not in (None, False) and encoder.frozen:
+            referenced[f"visual.encoders.{stream}"] = str(source)
+    return referenced
+
+
+def _unique_tensors(
+    model: SphinxModel, skip_prefixes: tuple[str, ...]
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state dict without referenced encoders, each shared tensor stored once; `tied` maps
+    each left-out alias to the name that is stored."""
+    tensors: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    for name, tensor in model.state_dict(keep_vars=False).items():
+        if name.startswith(skip_prefixes):
+            continue
+        if tensor.device.type == "meta":
+            raise ValueError(f"{name} is on the meta device: there are no weights to save")
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key in seen:
+            tied[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = tensor
+    return tensors, tied
+
+
+def _write_weights(
+    directory: Path, tensors: dict[str, torch.Tensor], shard_bytes: int, config: ModelConfig
+) -> None:
+    planned = [OutputTensor(name, t.dtype, tuple(t.shape)) for name, t in tensors.items()]
+    shards = plan_shards(planned, shard_bytes)
+    names = ["model.safetensors"] if len(shards) == 1 else shard_names(len(shards))
+    metadata = {"format": "pt", "sphinx_model": config.name}
+    for shard, file_name in zip(shards, names, strict=True):
+        writer = StreamingShardWriter(directory / file_name, shard, metadata)
+        for tensor in shard:
+            writer.write(tensor.name, [tensors[tensor.name]])
+    if len(shards) > 1:
+        write_index(directory, shards, names)
+
+
+def _load_weights(model: SphinxModel, directory: Path, manifest: dict[str, Any]) -> None:
+    try:
+        checkpoint = ModelCheckpoint(directory)
+    except (CheckpointError, FileNotFoundError) as error:
+        raise CheckpointError(f"{directory}: cannot read the weights: {error}") from error
+    with checkpoint:
+        state = model.state_dict()
+        referenced = tuple(f"{prefix}." for prefix in manifest.get("referenced_encoders", {}))
+        tied = manifest.get("tied", {})
+        expected = {name for name in state if name not in tied and not name.startswith(referenced)}
+        stored = set(checkpoint.names())
+        problems = _mismatches(
+            expected - stored,
+            stored - expected,
+            (
+                f"{name}: checkpoint {checkpoint.shape(name)}, model {tuple(state[name].shape)}"
+                for name in sorted(expected & stored)
+                if checkpoint.shape(name) != tuple(state[name].shape)
+            ),
+        )
+        if problems:
+            raise CheckpointError(
+                f"The weights in {directory} do not fit its {CONFIG_FILE}:\n" + "\n".join(problems)
+            )
+        with torch.no_grad():
+            for name in sorted(expected):
+                target = state[name]
+                target.copy_(checkpoint.get(name).to(dtype=target.dtype))
+    for alias, source in tied.items():
+        if state[alias].data_ptr() != state[source].data_ptr():
+            raise CheckpointError(
+                f"{directory / MANIFEST_FILE} says {alias} is tied to {source}, but the model "
+                "built from the config does not tie them"
+            )
+
+
+def _mismatches(missing: set[str], unexpected: set[str], shapes: Iterable[str]) -> list[str]:
+    problems = []
+    if missing:
+        problems.append(f"  missing from the checkpoint ({len(missing)}): {_names(missing)}")
+    if unexpected:
+        problems.append(f"  not in the model ({len(unexpected)}): {_names(unexpected)}")
+    problems.extend(f"  shape mismatch: {line}" for line in shapes)
+    return problems
+
+
+def _names(names: set[str], limit: int = 12) -> str:
+    ordered = sorted(names)
+    more = f" ... and {len(ordered) - limit} more" if len(ordered) > limit else ""
+    return ", ".join(ordered[:limit]) + more

@@ -1,0 +1,276 @@
+"""`SphinxModel`: a visual stack (view splitter, encoders, mixer) and a causal LM.
+
+```python
+output = model(input_ids, pixel_values, attention_mask, labels)  # output.loss, output.logits
+```
+
+`pixel_values` are the views of each image in [0, 1] (`model.preprocess(image)`), as
+`[num_images, V, 3, s, s]` or a list of `[V_i, 3, s, s]`; images are taken in reading order
+(sample by sample, placeholder by placeholder). With `normalized=True` they are pixels already
+normalised with the (single) encoder's statistics, as Hugging Face processors give them.
+Logits are those of the placed sequence (visual positions included) and `output.labels` is
+aligned with them, so `logits[:, t]` predicts `labels[:, t + 1]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from sphinx_mllm.mixer import VisualStack
+from sphinx_mllm.mixer.stack import VisualTokens
+from sphinx_mllm.pipeline.config import ModelConfig
+from sphinx_mllm.pipeline.placement import (
+    IGNORE_INDEX,
+    PlacedSequence,
+    insert_prefix,
+    place,
+    scatter_visual_tokens,
+)
+
+Pixels = torch.Tensor | Sequence[torch.Tensor]
+
+
+@dataclass
+class SphinxOutput:
+    """What a forward pass gives. `logits` is None when the caller asked for the loss only."""
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor | None
+    labels: torch.Tensor | None
+    attention_mask: torch.Tensor
+    image_mask: torch.Tensor
+    past_key_values: Any = None
+
+
+@dataclass
+class EmbeddedInputs:
+    """The LLM's inputs once visual tokens are placed."""
+
+    inputs_embeds: torch.Tensor
+    sequence: PlacedSequence
+
+
+class SphinxModel(nn.Module):
+    """Visual stack + causal LM. Build one with `build_model(config)` (or a preset:
+    `build_model("demo")`), load one with `SphinxModel.from_pretrained(dir)`, or pass the parts."""
+
+    def __init__(
+        self,
+        visual: VisualStack,
+        llm: nn.Module,
+        *,
+        image_token_id: int,
+        placement: str = "placeholder",
+        config: ModelConfig | None = None,
+        tokenizer: Any = None,
+        template: Any = None,
+    ) -> None:
+        super().__init__()
+        llm_width = llm.get_input_embeddings().embedding_dim
+        if visual.out_dim != llm_width:
+            raise ValueError(
+                f"The visual stack gives tokens of width {visual.out_dim}, the LLM embeds width "
+                f"{llm_width}; build the mixer with out_dim={llm_width}"
+            )
+        if placement not in ("placeholder", "prefix"):
+            raise ValueError(f"placement must be 'placeholder' or 'prefix', got {placement!r}")
+        self.visual = visual
+        self.llm = llm
+        self.image_token_id = image_token_id
+        self.placement = placement
+        self.config = config
+        self.tokenizer = tokenizer
+        self.template = template
+
+    # -- what the model declares ---------------------------------------------------------------
+
+    def num_visual_tokens(self, image_size: tuple[int, int] | None = None) -> int:
+        """Visual tokens per image of (width, height) `image_size`, before running anything."""
+        return self.visual.num_tokens(image_size)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.llm.get_input_embeddings().weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return getattr(self.llm.config, "bos_token_id", None)
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = getattr(self.llm.config, "pad_token_id", None)
+        if pad is None and self.tokenizer is not None:
+            pad = self.tokenizer.pad_token_id
+        return 0 if pad is None else int(pad)
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """One PIL image -> its views `[V, 3, s, s]` in [0, 1]."""
+        return self.visual.preprocess(image)[0]
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def encode_images(self, pixel_values: Pixels, *, normalized: bool = False) -> VisualTokens:
+        """Visual tokens (in the LLM's dtype) for the views of each image."""
+        if normalized:
+            pixel_values = self._denormalize(pixel_values)
+        tokens = self.visual(pixel_values)
+        tokens.tokens = tokens.tokens.to(self.dtype)
+        return tokens
+
+    def _denormalize(self, pixel_values: Pixels) -> Pixels:
+        if len(self.visual.streams) != 1:
+            raise ValueError(
+                "normalized=True needs a single-encoder model (whose statistics normalised the "
+                f"pixels); this one has {len(self.visual.streams)}: pass views in [0, 1] instead"
+            )
+        encoder = next(iter(self.visual.streams.values())).encoder
+        batch = pixel_values if isinstance(pixel_values, torch.Tensor) else None
+        images = [batch] if batch is not None else list(pixel_values)
+        restored = []
+        for pixels in images:
+            mean = torch.tensor(encoder.mean, dtype=pixels.dtype, device=pixels.device)
+            std = torch.tensor(encoder.std, dtype=pixels.dtype, device=pixels.device)
+            restored.append(pixels * std.view(3, 1, 1) + mean.view(3, 1, 1))
+        if batch is not None:
+            restored_batch = restored[0]
+            return restored_batch.unsqueeze(1) if restored_batch.ndim == 4 else restored_batch
+        return [views if views.ndim == 4 else views.unsqueeze(0) for views in restored]
+
+    def embed_inputs(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: Pixels | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        *,
+        normalized: bool = False,
+        visual_tokens: VisualTokens | None = None,
+    ) -> EmbeddedInputs:
+        """Place the visual tokens and embed: what the LLM receives."""
+        if visual_tokens is None and pixel_values is not None:
+            visual_tokens = self.encode_images(pixel_values, normalized=normalized)
+        lengths = visual_tokens.lengths if visual_tokens is not None else []
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if self.placement == "prefix" and lengths:
+            input_ids, attention_mask, labels = insert_prefix(
+                input_ids,
+                attention_mask,
+                labels,
+                lengths,
+                self.image_token_id,
+                self.bos_token_id,
+                self.pad_token_id,
+            )
+        sequence = place(input_ids, attention_mask, labels, self.image_token_id, lengths)
+        text_ids = input_ids.masked_fill(sequence.image_mask, 0)
+        embeddings = self.llm.get_input_embeddings()(text_ids)
+        if visual_tokens is not None:
+            embeddings = scatter_visual_tokens(
+                embeddings, sequence.image_mask, visual_tokens.tokens, lengths
+            )
+        return EmbeddedInputs(embeddings, sequence)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: Pixels | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        *,
+        normalized: bool = False,
+        return_logits: bool = True,
+    ) -> SphinxOutput:
+        """Logits and (when `labels` are given) the mean next-token loss over labelled tokens.
+        `return_logits=False` computes the vocabulary projection on labelled positions only
+        (what training needs: far less memory on long visual prefixes)."""
+        embedded = self.embed_inputs(
+            input_ids, pixel_values, attention_mask, labels, normalized=normalized
+        )
+        sequence = embedded.sequence
+        hidden = self.llm.get_decoder()(
+            inputs_embeds=embedded.inputs_embeds,
+            attention_mask=sequence.attention_mask,
+            position_ids=sequence.position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        head = self.llm.get_output_embeddings()
+        if return_logits:
+            logits = head(hidden)
+            loss = None if sequence.labels is None else next_token_loss(logits, sequence.labels)
+        else:
+            if sequence.labels is None:
+                raise ValueError("return_logits=False computes the loss only: pass labels")
+            logits, loss = None, labelled_loss(hidden, head, sequence.labels)
+        return SphinxOutput(
+            loss=loss,
+            logits=logits,
+            labels=sequence.labels,
+            attention_mask=sequence.attention_mask,
+            image_mask=sequence.image_mask,
+        )
+
+    # -- persistence and generation (defined in their own modules) -----------------------------
+
+    def save_pretrained(self, directory: Any, **options: Any) -> Any:
+        from sphinx_mllm.pipeline.checkpoint import save_pretrained
+
+        return save_pretrained(self, directory, **options)
+
+    @classmethod
+    def from_pretrained(cls, directory: Any, **options: Any) -> SphinxModel:
+        from sphinx_mllm.pipeline.checkpoint import load_pretrained
+
+        return load_pretrained(directory, **options)
+
+    @classmethod
+    def from_llava(cls, path: Any, **options: Any) -> SphinxModel:
+        """Import a Hugging Face `LlavaForConditionalGeneration` checkpoint directory."""
+        from sphinx_mllm.pipeline.llava_import import from_llava
+
+        return from_llava(path, **options)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, pixel_values: Pixels | None = None, **options: Any):
+        """Greedy or sampled continuation with a KV cache; see `generation.generate`."""
+        from sphinx_mllm.pipeline.generation import generate
+
+        return generate(self, input_ids, pixel_values, **options)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig | str, **options: Any) -> SphinxModel:
+        from sphinx_mllm.pipeline.building import build_model
+
+        return build_model(config, **options)
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of `logits[:, t]` against `labels[:, t + 1]` over labelled tokens,
+    in fp32; 0 (still differentiable) when no token is labelled."""
+    shifted = labels[:, 1:].reshape(-1)
+    predictions = logits[:, :-1].reshape(-1, logits.shape[-1])
+    keep = shifted != IGNORE_INDEX
+    if not keep.any():
+        return predictions.sum() * 0.0
+    return F.cross_entropy(predictions[keep].float(), shifted[keep])
+
+
+def labelled_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """`next_token_loss` with the vocabulary projection run on the labelled positions only."""
+    shifted = labels[:, 1:]
+    keep = shifted != IGNORE_INDEX
+    states = hidden[:, :-1][keep]
+    if states.shape[0] == 0:
+        return hidden.sum() * 0.0
+    return F.cross_entropy(head(states).float(), shifted[keep])

@@ -1,0 +1,126 @@
+"""save_pretrained / from_pretrained: identical logits, atomic writes, clear errors."""
+
+import json
+
+import pytest
+import torch
+
+from sphinx_mllm.core.weight_files import CheckpointError
+from sphinx_mllm.pipeline import checkpoint as checkpoint_module
+from sphinx_mllm.pipeline.building import build_model
+from sphinx_mllm.pipeline.model import SphinxModel
+from tests.pipeline.conftest import tiny_config
+
+N = 19
+
+
+def _inputs():
+    ids = torch.randint(3, 250, (2, 6 + N))
+    ids[:, 1 : 1 + N] = 256
+    return ids, torch.rand(2, 1, 3, 32, 32)
+
+
+def test_round_trip_gives_identical_logits(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(tiny_config())
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = SphinxModel.from_pretrained(tmp_path / "ckpt")
+    ids, views = _inputs()
+    assert torch.equal(model(ids, views).logits, loaded(ids, views).logits)
+    assert loaded.config == model.config
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "checkpoint.json",
+        "config.yaml",
+        "model.safetensors",
+    ]
+
+
+def test_demo_round_trip_keeps_the_tokenizer_and_sharding_works(tmp_path):
+    model = build_model("demo")
+    model.save_pretrained(tmp_path / "ckpt", shard_bytes=1_000_000)
+    assert (tmp_path / "ckpt" / "model.safetensors.index.json").is_file()
+    loaded = SphinxModel.from_pretrained(tmp_path / "ckpt")
+    text = "What colour is the circle? [0.10,0.20,0.30,0.40]"
+    assert loaded.tokenizer(text)["input_ids"] == model.tokenizer(text)["input_ids"]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+
+
+def test_tied_embeddings_are_stored_once(tmp_path):
+    model = build_model(tiny_config(**{"llm.name": "tiny_qwen2"}))
+    model.save_pretrained(tmp_path / "ckpt")
+    manifest = json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())
+    assert manifest["tied"] == {"llm.lm_head.weight": "llm.model.embed_tokens.weight"}
+    loaded = SphinxModel.from_pretrained(tmp_path / "ckpt")
+    ids, views = _inputs()
+    assert torch.equal(model(ids, views).logits, loaded(ids, views).logits)
+
+
+def test_frozen_pretrained_encoders_are_referenced_not_copied(tmp_path):
+    from sphinx_mllm.encoders import create_encoder
+
+    weights = create_encoder("tiny_clip_vit").save_weights(tmp_path / "clip.safetensors")
+    config = tiny_config(**{"vision.encoders.0.options": {"pretrained": str(weights)}})
+    model = build_model(config)
+    model.save_pretrained(tmp_path / "ckpt")
+    manifest = json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())
+    assert manifest["referenced_encoders"] == {"visual.encoders.tiny_clip_vit": str(weights)}
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "ckpt" / "model.safetensors", "pt") as stored:
+        assert not any(key.startswith("visual.encoders.tiny_clip_vit.") for key in stored.keys())  # noqa: SIM118 (safe_open is not iterable)
+    loaded = SphinxModel.from_pretrained(tmp_path / "ckpt")
+    ids, views = _inputs()
+    assert torch.equal(model(ids, views).logits, loaded(ids, views).logits)
+
+
+def test_an_existing_directory_is_refused_unless_overwritten(tmp_path):
+    model = build_model(tiny_config())
+    model.save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(FileExistsError, match="ckpt exists"):
+        model.save_pretrained(tmp_path / "ckpt")
+    model.save_pretrained(tmp_path / "ckpt", overwrite=True)
+
+
+def test_an_interrupted_save_leaves_nothing_that_looks_finished(tmp_path, monkeypatch):
+    model = build_model(tiny_config())
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_module, "_write_weights", crash)
+    with pytest.raises(KeyboardInterrupt):
+        model.save_pretrained(tmp_path / "ckpt")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("missing", ["config.yaml", "checkpoint.json", "model.safetensors"])
+def test_a_missing_file_is_named(tmp_path, missing):
+    build_model(tiny_config()).save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / missing).unlink()
+    with pytest.raises((CheckpointError, FileNotFoundError), match=missing.split(".")[0]):
+        SphinxModel.from_pretrained(tmp_path / "ckpt")
+
+
+def test_weights_that_do_not_fit_the_config_are_listed(tmp_path):
+    build_model(tiny_config()).save_pretrained(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "config.yaml"
+    path.write_text(
+        path.read_text().replace(
+            "llm:\n  name: tiny_llama\n  overrides: {}",
+            "llm:\n  name: tiny_llama\n  overrides: {num_hidden_layers: 1}",
+        )
+    )
+    with pytest.raises(CheckpointError, match=r"not in the model \(9\): llm\.model\.layers\.1\."):
+        SphinxModel.from_pretrained(tmp_path / "ckpt")
+    path.write_text(path.read_text().replace("num_hidden_layers: 1", "intermediate_size: 96"))
+    with pytest.raises(CheckpointError, match=r"shape mismatch: llm\.model\.layers\.0\.mlp"):
+        SphinxModel.from_pretrained(tmp_path / "ckpt")
+
+
+def test_a_truncated_weights_file_is_refused(tmp_path):
+    build_model(tiny_config()).save_pretrained(tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
+        SphinxModel.from_pretrained(tmp_path / "ckpt")
