@@ -5,7 +5,8 @@ Byte-level: any text encodes (unseen words fall back to bytes) and decodes back 
 demo model trains on any LLaVA-format data. Digits are split one by one, as LLaMA's tokenizer
 does, so every coordinate is a few digit tokens. The corpus is the synthetic multi-task data of
 sphinx-data (seed 0) and the chat templates' fixed text, so the common words of the demo tasks are
-single tokens. Run: `.venv/bin/python scripts/train_demo_tokenizer.py`.
+single tokens. The 101 two-decimal numbers of box text are added as whole tokens (coordinate
+tokens). Run: `.venv/bin/python scripts/train_demo_tokenizer.py`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ import json
 import tempfile
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from sphinx_mllm.data.cli import synth
 from sphinx_mllm.data.templates import BUILTIN_TEMPLATES
-from sphinx_mllm.pipeline.tokenizers import DEMO_SPECIAL_TOKENS, DEMO_TOKENIZER_FILE
+from sphinx_mllm.pipeline.tokenizers import (
+    COORDINATE_TOKENS,
+    DEMO_SPECIAL_TOKENS,
+    DEMO_TOKENIZER_FILE,
+)
 
 VOCAB_SIZE = 1024
 
@@ -55,6 +60,10 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as directory:
         tokenizer.train_from_iterator(corpus(Path(directory)), trainer)
+    # Coordinate tokens: each two-decimal number of SPHINX's box text ("0.00" ... "1.00") is
+    # one token, matched before the BPE, so a box coordinate is one choice among 101 bins
+    # rather than four digit tokens; the text is unchanged and decodes back exactly.
+    tokenizer.add_tokens([AddedToken(text, normalized=False) for text in COORDINATE_TOKENS])
     DEMO_TOKENIZER_FILE.write_text(tokenizer.to_str(pretty=False))
     print(f"{DEMO_TOKENIZER_FILE}: {tokenizer.get_vocab_size()} tokens")
 

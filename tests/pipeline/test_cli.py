@@ -40,3 +40,97 @@ def test_encode_refuses_a_missing_image(tmp_path):
     result = CliRunner().invoke(app, ["encode", str(tmp_path / "none.png"), "-e", "tiny_clip_vit"])
     assert result.exit_code == 2
     assert "no image file at" in result.output
+
+
+COMMANDS = [
+    "components", "encode", "describe", "generate", "chat", "import-llava", "train", "eval",
+    "list", "merge",
+]  # fmt: skip
+
+
+def test_every_command_has_help_with_an_example():
+    for command in COMMANDS:
+        result = CliRunner().invoke(app, [command, "--help"], terminal_width=200)
+        assert result.exit_code == 0, (command, result.output)
+        if command not in ("components", "encode"):
+            assert "sphinx-pipeline" in result.output and "xample" in result.output, command
+
+
+def test_train_parses_every_documented_option(tmp_path, monkeypatch):
+    from sphinx_mllm.pipeline.training import session
+
+    seen = {}
+    monkeypatch.setattr(session, "run_training", lambda **options: seen.update(options))
+    config = tmp_path / "run.yaml"
+    args = [
+        "train", str(config), "--preset", "demo", "--data", "a.jsonl:2", "--data", "b.jsonl",
+        "--images", "imgs", "--eval-data", "val.jsonl", "--out", str(tmp_path / "run"),
+        "--max-steps", "7", "--set", "lr=1e-3", "--set", "stage=lora", "--resume",
+        "--device", "cpu", "--no-progress",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert seen["config_file"] == config and seen["preset"] == "demo"
+    assert seen["data"] == ["a.jsonl:2", "b.jsonl"] and [str(p) for p in seen["images"]] == ["imgs"]
+    assert seen["eval_data"] == ["val.jsonl"] and seen["max_steps"] == 7
+    assert seen["settings"] == ["lr=1e-3", "stage=lora"]
+    assert seen["resume"] and not seen["restart"] and seen["device"] == "cpu"
+    assert not seen["progress"]
+
+
+def test_train_options_resolve_into_a_run(tmp_path):
+    from sphinx_mllm.pipeline.training.session import resolve_run
+
+    run = resolve_run(
+        None, "demo", ["a.jsonl:2", "b.jsonl"], [tmp_path], ["val.jsonl"], 7,
+        ["lr=1e-3", "stage=lora", "eval_limit=5", "model.llm.overrides.num_hidden_layers=2"],
+    )  # fmt: skip
+    assert [(s.path.name, s.weight, s.images) for s in run.data] == [
+        ("a.jsonl", 2.0, tmp_path),
+        ("b.jsonl", 1.0, tmp_path),
+    ]
+    assert run.train.max_steps == 7 and run.train.lr == 1e-3 and run.train.stage == "lora"
+    assert run.eval_limit == 5 and run.synthetic is None
+    assert run.model["llm"]["overrides"]["num_hidden_layers"] == 2
+    assert [s.path.name for s in run.eval] == ["val.jsonl"]
+
+
+def test_train_refuses_bad_settings(tmp_path):
+    result = CliRunner().invoke(app, ["train", "--set", "lrate=1", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "lrate" in result.output
+    result = CliRunner().invoke(app, ["train", "--resume", "--restart", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "pick one" in result.output
+
+
+def test_list_shows_one_kind(tmp_path):
+    result = CliRunner().invoke(app, ["list", "presets"])
+    assert result.exit_code == 0
+    assert {"sphinx", "sphinx-1k", "sphinx-2k", "sphinx-tiny", "llava-1.5", "demo"} <= {
+        line.split()[0] for line in result.output.splitlines()
+    }
+    assert CliRunner().invoke(app, ["list", "gizmos"]).exit_code == 2
+
+
+def test_merge_mixes_the_llm_weights_only(tmp_path):
+    import torch
+
+    from sphinx_mllm.pipeline.building import build_model
+    from sphinx_mllm.pipeline.model import SphinxModel
+
+    torch.manual_seed(0)
+    first = build_model("demo")
+    first.save_pretrained(tmp_path / "a")
+    torch.manual_seed(1)
+    second = build_model("demo")
+    second.save_pretrained(tmp_path / "b")
+    out = tmp_path / "mixed"
+    result = CliRunner().invoke(
+        app, ["merge", str(tmp_path / "a"), str(tmp_path / "b"), str(out), "--beta", "0.25"]
+    )
+    assert result.exit_code == 0, result.output
+    mixed = SphinxModel.from_pretrained(out).state_dict()
+    a, b = first.state_dict(), second.state_dict()
+    for name, tensor in mixed.items():
+        expected = 0.25 * a[name] + 0.75 * b[name] if name.startswith("llm.") else a[name]
+        assert torch.equal(tensor, expected.to(tensor.dtype)), name
+    assert CliRunner().invoke(app, ["merge", "a", "b", str(out), "--beta", "2"]).exit_code == 2

@@ -29,8 +29,9 @@ from sphinx_mllm.data.synthetic_tasks import grounded_captions, referring_expres
 from sphinx_mllm.data.tasks.base import Sample, TaskBuilder
 
 
-def write_jsonl(path: Path, records: Iterable[dict], label: str) -> int:
-    """Write records to `path` atomically, showing a count on stderr; returns the count."""
+def write_jsonl(path: Path, records: Iterable[dict], label: str, *, report: bool = True) -> int:
+    """Write records to `path` atomically, showing a count on stderr (a live one when stderr is
+    a terminal; none at all without `report`); returns the count."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     count, started, shown = 0, time.monotonic(), 0.0
@@ -39,7 +40,7 @@ def write_jsonl(path: Path, records: Iterable[dict], label: str) -> int:
             for record in records:
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 count += 1
-                if time.monotonic() - shown > 0.5:
+                if report and sys.stderr.isatty() and time.monotonic() - shown > 0.5:
                     shown = time.monotonic()
                     print(
                         f"\r{label}: {count} records ({count / max(shown - started, 1e-9):,.0f}/s)",
@@ -50,7 +51,8 @@ def write_jsonl(path: Path, records: Iterable[dict], label: str) -> int:
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
-    print(f"\r{label}: {count} records written to {path}" + " " * 10, file=sys.stderr)
+    if report:
+        print(f"\r{label}: {count} records written to {path}" + " " * 10, file=sys.stderr)
     return count
 
 
@@ -67,8 +69,11 @@ def build(task: str, format_name: str, paths: list[Path], out: Path, options: di
     return builder
 
 
-def synth(out: Path, seed: int, train: int, val: int) -> dict[str, dict[str, int]]:
-    """Write the synthetic dataset and build every task of the demo from it, per split."""
+def synth(
+    out: Path, seed: int, train: int, val: int, *, report: bool = True
+) -> dict[str, dict[str, int]]:
+    """Write the synthetic dataset and build every task of the demo from it, per split
+    (`report=False`: without a line per file written)."""
     manifest = write_synthetic_dataset(out, seed=seed, num_train=train, num_val=val, overwrite=True)
     written: dict[str, dict[str, int]] = {}
     for split in ("train", "val"):
@@ -102,7 +107,7 @@ def synth(out: Path, seed: int, train: int, val: int) -> dict[str, dict[str, int
             builder = get_task_builder(task)(source_name="synthetic", seed=seed, **options)
             samples = (_in_split(sample, split) for sample in builder.build(source))
             written[split][name] = write_jsonl(
-                out / "tasks" / split / f"{name}.jsonl", samples, f"{split}/{name}"
+                out / "tasks" / split / f"{name}.jsonl", samples, f"{split}/{name}", report=report
             )
     (out / "tasks" / "manifest.json").write_text(
         json.dumps({"seed": seed, "records": written, "data": manifest["splits"]}, indent=2)

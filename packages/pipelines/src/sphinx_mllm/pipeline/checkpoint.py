@@ -17,7 +17,7 @@ interrupted save never leaves a directory that looks finished. Nothing is read w
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,12 @@ def save_pretrained(
     overwrite: bool = False,
     reference_frozen_encoders: bool = True,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
+    before_commit: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write `model` to `directory` atomically; an existing directory is refused unless
     `overwrite`. Frozen encoders whose config names a pretrained source are referenced by that
-    source instead of copied, unless `reference_frozen_encoders=False`."""
+    source instead of copied, unless `reference_frozen_encoders=False`. `before_commit` may add
+    files to the hidden directory before it is renamed into place (a trainer's state)."""
     if model.config is None:
         raise ValueError(
             "This SphinxModel has no ModelConfig (it was assembled from parts by hand), so a "
@@ -73,6 +75,8 @@ def save_pretrained(
             "referenced_encoders": referenced,
         }
         (output.path / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        if before_commit is not None:
+            before_commit(output.path)
         return output.commit()
     except BaseException:
         output.abort()
@@ -115,6 +119,18 @@ def load_pretrained(
     return model
 
 
+def load_weights(model: SphinxModel, directory: str | Path) -> None:
+    """Load a checkpoint's weights into an existing model of the same config (checked first:
+    nothing changes unless every tensor fits)."""
+    directory = Path(directory).expanduser()
+    manifest_file = directory / MANIFEST_FILE
+    if not manifest_file.is_file():
+        raise CheckpointError(
+            f"{directory} is not a sphinx-pipeline checkpoint: no {MANIFEST_FILE}"
+        )
+    _load_weights(model, directory, json.loads(manifest_file.read_text()))
+
+
 def _weights_from_checkpoint(config: ModelConfig) -> ModelConfig:
     """The config to build before loading: nothing fetched that the checkpoint holds itself
     (referenced frozen encoders keep their pretrained source)."""
@@ -132,24 +148,36 @@ def _referenced_encoders(model: SphinxModel) -> dict[str, str]:
     return referenced
 
 
+def tied_aliases(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Each name whose tensor shares storage with an earlier name (a tied LM head) -> that name."""
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    aliases = {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+    return aliases
+
+
 def _unique_tensors(
     model: SphinxModel, skip_prefixes: tuple[str, ...]
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The state dict without referenced encoders, each shared tensor stored once; `tied` maps
     each left-out alias to the name that is stored."""
-    tensors: dict[str, torch.Tensor] = {}
-    tied: dict[str, str] = {}
-    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
-    for name, tensor in model.state_dict(keep_vars=False).items():
-        if name.startswith(skip_prefixes):
+    state = {
+        name: tensor
+        for name, tensor in model.state_dict().items()
+        if not name.startswith(skip_prefixes)
+    }
+    tied = tied_aliases(state)
+    tensors = {}
+    for name, tensor in state.items():
+        if name in tied:
             continue
         if tensor.device.type == "meta":
             raise ValueError(f"{name} is on the meta device: there are no weights to save")
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        if key in seen:
-            tied[name] = seen[key]
-            continue
-        seen[key] = name
         tensors[name] = tensor
     return tensors, tied
 
@@ -180,10 +208,10 @@ def _load_weights(model: SphinxModel, directory: Path, manifest: dict[str, Any])
         tied = manifest.get("tied", {})
         expected = {name for name in state if name not in tied and not name.startswith(referenced)}
         stored = set(checkpoint.names())
-        problems = _mismatches(
+        problems = weight_problems(
             expected - stored,
             stored - expected,
-            (
+            shapes=(
                 f"{name}: checkpoint {checkpoint.shape(name)}, model {tuple(state[name].shape)}"
                 for name in sorted(expected & stored)
                 if checkpoint.shape(name) != tuple(state[name].shape)
@@ -205,12 +233,21 @@ def _load_weights(model: SphinxModel, directory: Path, manifest: dict[str, Any])
             )
 
 
-def _mismatches(missing: set[str], unexpected: set[str], shapes: Iterable[str]) -> list[str]:
+def weight_problems(
+    missing: Iterable[str],
+    unexpected: Iterable[str],
+    *,
+    duplicated: Iterable[str] = (),
+    shapes: Iterable[str] = (),
+) -> list[str]:
+    """The lines of an error about weights that do not fit a model, one kind per line."""
+    missing, unexpected = set(missing), set(unexpected)
     problems = []
     if missing:
         problems.append(f"  missing from the checkpoint ({len(missing)}): {_names(missing)}")
     if unexpected:
         problems.append(f"  not in the model ({len(unexpected)}): {_names(unexpected)}")
+    problems.extend(f"  used twice: {line}" for line in duplicated)
     problems.extend(f"  shape mismatch: {line}" for line in shapes)
     return problems
 

@@ -257,13 +257,13 @@ class SphinxModel(nn.Module):
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of `logits[:, t]` against `labels[:, t + 1]` over labelled tokens,
-    in fp32; 0 (still differentiable) when no token is labelled."""
-    shifted = labels[:, 1:].reshape(-1)
-    predictions = logits[:, :-1].reshape(-1, logits.shape[-1])
+    in fp32; 0 (still differentiable) when no token is labelled. The labels are shifted, not the
+    logits: slicing the logits would copy the whole tensor (and fill two more in backward)."""
+    shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
     keep = shifted != IGNORE_INDEX
     if not keep.any():
-        return predictions.sum() * 0.0
-    return F.cross_entropy(predictions[keep].float(), shifted[keep])
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1])[keep].float(), shifted[keep])
 
 
 def labelled_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor) -> torch.Tensor:

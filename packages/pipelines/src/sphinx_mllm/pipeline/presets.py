@@ -94,11 +94,11 @@ def llava_1_5() -> ModelConfig:
 
 
 DEMO_WIDTH = 128
-DEMO_VOCAB = 704  # the demo tokenizer's 646 tokens, rounded up to a multiple of 64
+DEMO_VOCAB = 768  # the demo tokenizer's 747 tokens, rounded up to a multiple of 64
 
 
 def demo() -> ModelConfig:
-    """A 3M-parameter SPHINX that trains from scratch on a CPU: a 64 px ViT (patch 8) and a tiny
+    """A 2.3M-parameter SPHINX that trains from scratch on a CPU: a 64 px ViT (patch 8) and a tiny
     ConvNeXt mixed channel-wise on the ViT's 8x8 grid, a 4-layer Llama of width 128, the
     byte-level demo tokenizer; 67 visual tokens per image."""
     return ModelConfig(

@@ -1,8 +1,9 @@
 """The tokenizer of a model and its image-token id.
 
 `source: llm` takes the language model's own tokenizer (none for a random-initialised preset),
-`source: demo` the byte-level BPE shipped with sphinx-pipeline (1024 tokens: any text encodes and
-decodes back exactly; `scripts/train_demo_tokenizer.py` made it), anything else is a tokenizer
+`source: demo` the byte-level BPE shipped with sphinx-pipeline (747 tokens: any text encodes and
+decodes back exactly; each two-decimal box coordinate is one token; made by
+`scripts/train_demo_tokenizer.py`), anything else is a tokenizer
 directory or hub id for `AutoTokenizer`.
 
 The image-token id only marks positions: they are embedded as visual tokens, never through the
@@ -19,6 +20,7 @@ from sphinx_mllm.pipeline.config import TokenizerConfig
 
 DEMO_TOKENIZER_FILE = Path(__file__).parent / "assets" / "demo_tokenizer.json"
 DEMO_SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<image>")
+COORDINATE_TOKENS = tuple(f"{index / 100:.2f}" for index in range(101))  # "0.00" ... "1.00"
 
 
 def demo_tokenizer() -> Any:

@@ -37,7 +37,10 @@ COPIED_FILES = (
     "vocab.json",
     "merges.txt",
     "chat_template.jinja",
+    "config.yaml",  # a sphinx-pipeline checkpoint's model config and manifest
+    "checkpoint.json",
 )
+COPIED_DIRECTORIES = ("tokenizer",)  # a sphinx-pipeline checkpoint keeps its tokenizer here
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,10 @@ def copy_model_files(
         if (source / name).is_file():
             shutil.copy2(source / name, directory / name)
             copied.append(name)
+    for name in COPIED_DIRECTORIES:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, directory / name)
+            copied.append(f"{name}/")
     config = directory / "config.json"
     if config.is_file() and (out_dtype is not None or overrides):
         settings = json.loads(config.read_text())

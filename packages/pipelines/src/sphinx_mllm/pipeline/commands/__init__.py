@@ -8,7 +8,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES = ("describe", "generation", "llava")
+COMMAND_MODULES = ("describe", "generation", "llava", "training", "listing")
 
 
 def register_all(app: typer.Typer) -> None:

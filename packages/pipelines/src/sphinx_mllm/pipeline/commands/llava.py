@@ -1,0 +1,101 @@
+"""`sphinx-pipeline import-llava`: a Hugging Face LLaVA checkpoint as a sphinx-pipeline
+checkpoint (config.yaml, model.safetensors, tokenizer), with a table of what was imported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from sphinx_mllm.pipeline.model import SphinxModel
+
+DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+
+
+def import_llava(
+    hf_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A LlavaForConditionalGeneration directory: config.json and *.safetensors."
+        ),
+    ],
+    out: Annotated[Path, typer.Argument(help="The checkpoint directory to write.")],
+    dtype: Annotated[
+        str | None,
+        typer.Option(help=f"One of {', '.join(DTYPE_CHOICES)}; default: the checkpoint's."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Import a Hugging Face LLaVA checkpoint and save it as a sphinx-pipeline checkpoint.
+
+    Example: sphinx-pipeline import-llava ./llava-1.5-7b-hf ./llava-1.5-7b --dtype float16
+    """
+    if dtype is not None and dtype not in DTYPE_CHOICES:
+        raise typer.BadParameter(
+            f"expected one of {DTYPE_CHOICES}, got {dtype!r}", param_hint="--dtype"
+        )
+    if out.exists() and not force:
+        raise typer.BadParameter(f"{out} exists; pass --force to replace it", param_hint="OUT")
+    from sphinx_mllm.pipeline.llava_import import from_llava
+
+    model = from_llava(hf_dir, dtype=dtype)
+    written = model.save_pretrained(out, overwrite=force)
+    rows = import_summary(model)
+    width = max(len(label) for label, _ in rows)
+    typer.echo(f"Imported {hf_dir} -> {written}")
+    for label, description in rows:
+        typer.echo(f"  {label:<{width}}  {description}")
+
+
+def import_summary(model: SphinxModel) -> list[tuple[str, str]]:
+    """(component, description) rows of a model imported from LLaVA (one `hf_vision` encoder)."""
+    from sphinx_mllm.pipeline.llava_import import ENCODER
+
+    config = model.config
+    spec = config.vision.encoders[0]
+    encoder = model.visual.encoders[ENCODER]
+    tower = encoder.model.config
+    text = model.llm.config
+    return [
+        (
+            "vision tower",
+            f"{type(encoder.model).__name__}, {tower.image_size} px, patch {tower.patch_size}, "
+            f"width {tower.hidden_size}, {tower.num_hidden_layers} layers",
+        ),
+        ("feature layer", str(spec.options["feature_layer"])),
+        ("CLS token", "kept (full)" if spec.options["keep_cls"] else "dropped (default)"),
+        ("visual tokens", f"{model.num_visual_tokens()} per image"),
+        (
+            "projector",
+            f"{config.vision.mixer_options['projector']}, {encoder.embed_dim} -> "
+            f"{model.visual.out_dim}",
+        ),
+        (
+            "LLM",
+            f"{type(model.llm).__name__} ({config.llm.name}), width {text.hidden_size}, "
+            f"{text.num_hidden_layers} layers, vocabulary {text.vocab_size}",
+        ),
+        ("image token id", str(model.image_token_id)),
+        ("tokenizer", "imported" if model.tokenizer is not None else "none in the checkpoint"),
+        ("dtype", config.dtype),
+        ("parameters", _parameter_counts(model)),
+    ]
+
+
+def _parameter_counts(model: SphinxModel) -> str:
+    def count(module) -> int:
+        return sum(parameter.numel() for parameter in module.parameters())
+
+    parts = {
+        "vision tower": count(model.visual.encoders),
+        "projector": count(model.visual.mixer),
+        "LLM": count(model.llm),
+    }
+    listed = ", ".join(f"{label} {value:,}" for label, value in parts.items())
+    return f"{count(model):,} ({listed})"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("import-llava")(import_llava)

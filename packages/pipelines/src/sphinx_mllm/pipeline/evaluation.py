@@ -1,0 +1,190 @@
+"""Score a model on LLaVA-format records: the last reply of each conversation is generated
+(greedily) from the turns before it and compared with the reference by a metric.
+
+Metrics: `exact` (normalised exact match), `vqa` (the VQA challenge's accuracy against
+`meta.answers` when the record has them, else exact), `rec` (Acc@0.5 under SPHINX's protocol
+against `meta.bbox_xyxy` on `meta.image_size`), and `auto`, which picks by the record's
+`meta.task`: `vqa` for short-answer VQA, `rec` for REC, `exact` otherwise.
+
+    report = evaluate(model, [DataSource.parse("val.jsonl", images="data/")])
+    print(report.table())
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from sphinx_mllm.data.metrics import exact_match, rec_iou, vqa_accuracy
+from sphinx_mllm.data.readers.llava import read_llava
+from sphinx_mllm.pipeline.generation import generate, left_pad, render_prompt
+from sphinx_mllm.pipeline.training.data import DataSource
+
+METRICS = ("auto", "exact", "vqa", "rec")
+AUTO_METRIC = {"vqa": "vqa", "rec": "rec"}
+
+
+@dataclass
+class Prediction:
+    record_id: str
+    task: str
+    metric: str
+    question: str
+    reference: str
+    prediction: str
+    score: float
+    image: Path | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EvalReport:
+    """Per-record predictions and the per-task mean scores."""
+
+    predictions: list[Prediction]
+
+    def by_task(self) -> dict[str, dict[str, Any]]:
+        groups: dict[str, list[Prediction]] = defaultdict(list)
+        for prediction in self.predictions:
+            groups[prediction.task].append(prediction)
+        summary = {}
+        for task, items in sorted(groups.items()):
+            row: dict[str, Any] = {
+                "metric": items[0].metric,
+                "count": len(items),
+                "score": sum(p.score for p in items) / len(items),
+            }
+            extras = {key for p in items for key in p.extra}
+            for key in sorted(extras):
+                row[key] = sum(p.extra.get(key, 0.0) for p in items) / len(items)
+            summary[task] = row
+        return summary
+
+    def table(self) -> str:
+        lines = [f"  {'task':<18} {'metric':<8} {'n':>5} {'score':>7}  other"]
+        for task, row in self.by_task().items():
+            other = ", ".join(
+                f"{k} {v:.3f}" for k, v in row.items() if k not in ("metric", "count", "score")
+            )
+            lines.append(
+                f"  {task:<18} {row['metric']:<8} {row['count']:>5} {row['score']:>7.3f}  {other}"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tasks": self.by_task(),
+            "predictions": [p.__dict__ | {"image": str(p.image)} for p in self.predictions],
+        }
+
+
+def score(metric: str, prediction: str, record: dict[str, Any]) -> tuple[float, dict[str, float]]:
+    """The score of one prediction for `record` (and extra figures, e.g. the IoU)."""
+    meta = record.get("meta") or {}
+    reference = record["conversations"][-1]["value"]
+    if metric == "rec":
+        box, size = meta.get("bbox_xyxy"), meta.get("image_size")
+        if box is None or size is None:
+            raise ValueError(
+                f"Record {record.get('id')!r}: the rec metric needs meta.bbox_xyxy and "
+                "meta.image_size (pixels of the original image)"
+            )
+        iou = rec_iou(prediction, box, size)
+        return float(iou >= 0.5), {"iou": iou}
+    if metric == "vqa":
+        answers = meta.get("answers")
+        if answers:
+            return vqa_accuracy(prediction, answers), {"exact": exact_match(prediction, reference)}
+        return exact_match(prediction, reference), {}
+    return exact_match(prediction, reference), {}
+
+
+def metric_for(record: dict[str, Any], metric: str) -> str:
+    if metric not in METRICS:
+        raise ValueError(f"Unknown metric {metric!r}; expected one of {METRICS}")
+    if metric != "auto":
+        return metric
+    return AUTO_METRIC.get(str((record.get("meta") or {}).get("task")), "exact")
+
+
+def evaluate(
+    model: Any,
+    sources: Sequence[DataSource],
+    *,
+    metric: str = "auto",
+    batch_size: int = 16,
+    limit: int | None = None,
+    extra_tokens: int = 16,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> EvalReport:
+    """Generate the last reply of every record (at most `limit` per source) and score it. The
+    reply may run `extra_tokens` past the reference's own token count."""
+    items = []
+    for source in sources:
+        records = list(read_llava(source.path))[: limit or None]
+        items += [(source, record) for record in records]
+    predictions: list[Prediction] = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        predictions += _predict(model, chunk, metric, extra_tokens)
+        if on_batch is not None:
+            on_batch(min(start + batch_size, len(items)), len(items))
+    return EvalReport(predictions)
+
+
+def _predict(model, chunk, metric: str, extra_tokens: int) -> list[Prediction]:
+    prompts, pixels, references, images = [], [], [], []
+    for source, record in chunk:
+        turns = record["conversations"]
+        image = record.get("image")
+        path = (source.images or source.path.parent) / image if image else None
+        size = None
+        if path is not None:
+            with Image.open(path) as opened:
+                size = opened.size
+                pixels.append(model.preprocess(opened.convert("RGB")))
+        prompts.append(
+            render_prompt(model, turns[:-1], image_count=int(path is not None), image_size=size)
+        )
+        references.append(turns[-1]["value"])
+        images.append(path)
+    reference_tokens = max(len(model.tokenizer(text)["input_ids"]) for text in references)
+    input_ids, attention_mask = left_pad(prompts, model.pad_token_id)
+    with torch.no_grad():
+        output = generate(
+            model,
+            input_ids.to(model.device),
+            [views.to(model.device) for views in pixels] or None,
+            attention_mask=attention_mask.to(model.device),
+            max_new_tokens=reference_tokens + extra_tokens,
+        )
+    results = []
+    for (source, record), text, reference, image in zip(
+        chunk, output.texts, references, images, strict=True
+    ):
+        chosen = metric_for(record, metric)
+        value, extra = score(chosen, text.strip(), record)
+        question = next(
+            (t["value"] for t in reversed(record["conversations"][:-1]) if t["from"] == "human"),
+            "",
+        )
+        results.append(
+            Prediction(
+                str(record.get("id", "")),
+                str((record.get("meta") or {}).get("task", source.name)),
+                chosen,
+                question,
+                reference,
+                text.strip(),
+                value,
+                image,
+                extra,
+            )
+        )
+    return results

@@ -1,0 +1,292 @@
+"""Training data for a `SphinxModel`: LLaVA-format conversation files rendered once through the
+model's chat template and tokenizer, fitted to the sequence budget (never cut inside an image
+span), batched SPHINX's way (each global batch of one data type, length-grouped) and collated
+into padded tensors with each image's views.
+
+    sources = [DataSource.parse("train.jsonl:2", images="data/")]
+    data = TrainingData.build(model, sources, max_length=512)
+    batches = data.batches(global_batch_size=32, seed=0)
+    batch = data.collate(next(iter(batches.resume(0, 0)))[1])
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from sphinx_mllm.data.budget import fit_to_budget
+from sphinx_mllm.data.mixtures import SphinxBatches, TypedSource
+from sphinx_mllm.data.readers import Problems
+from sphinx_mllm.data.readers.llava import read_llava
+from sphinx_mllm.data.templates import IGNORE_INDEX, render_batch
+
+IMAGE_TEXT, TEXT_ONLY = "image-text", "text-only"
+RENDER_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One conversation file (LLaVA JSON or JSONL), its mixture weight (the ratio it is
+    subsampled to per epoch; > 1 repeats it) and the folder its image paths are relative to."""
+
+    path: Path
+    weight: float = 1.0
+    images: Path | None = None
+
+    @classmethod
+    def parse(cls, spec: str, images: str | Path | None = None) -> DataSource:
+        """`FILE` or `FILE:WEIGHT` (as `--data` takes it)."""
+        path, weight = spec, 1.0
+        head, _, tail = spec.rpartition(":")
+        if head and tail.replace(".", "", 1).isdigit():
+            path, weight = head, float(tail)
+        if weight <= 0:
+            raise ValueError(f"--data {spec!r}: the weight must be positive")
+        return cls(Path(path).expanduser(), weight, Path(images).expanduser() if images else None)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+@dataclass
+class Example:
+    """One rendered conversation: ids and labels with one placeholder id per image, the images
+    it needs, its task and its length once images are expanded."""
+
+    input_ids: list[int]
+    labels: list[int]
+    images: list[Path]
+    task: str
+    length: int
+    record_id: str
+
+
+@dataclass
+class Batch:
+    """Collated tensors for `SphinxModel.forward`, and what they hold."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    pixel_values: list[torch.Tensor] | None
+    tasks: list[str]
+    images_per_row: list[int]
+
+    @property
+    def num_label_tokens(self) -> int:
+        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    def split(self, parts: int) -> list[Batch]:
+        """`parts` consecutive micro-batches (for gradient accumulation or data-parallel ranks)."""
+        size = -(-len(self.tasks) // parts)
+        chunks = []
+        for start in range(0, len(self.tasks), size):
+            end = start + size
+            pixels = None
+            if self.pixel_values is not None:
+                pixels = self.pixel_values[self._image_start(start) : self._image_start(end)]
+            chunks.append(
+                Batch(
+                    self.input_ids[start:end],
+                    self.attention_mask[start:end],
+                    self.labels[start:end],
+                    pixels or None,
+                    self.tasks[start:end],
+                    self.images_per_row[start:end],
+                )
+            )
+        return chunks
+
+    def _image_start(self, row: int) -> int:
+        return sum(self.images_per_row[:row])
+
+
+@dataclass
+class DataReport:
+    """What loading kept and dropped, by source and reason."""
+
+    kept: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)
+    truncated: int = 0
+
+    def summary(self) -> str:
+        kept = ", ".join(f"{name} {count}" for name, count in sorted(self.kept.items()))
+        lines = [f"data: kept {sum(self.kept.values())} ({kept}); truncated {self.truncated}"]
+        if self.dropped:
+            dropped = ", ".join(f"{why} {count}" for why, count in sorted(self.dropped.items()))
+            lines.append(f"data: dropped {sum(self.dropped.values())} ({dropped})")
+        return "\n".join(lines)
+
+
+class TrainingData:
+    """Rendered examples of every source, and how they are batched and collated for a model."""
+
+    def __init__(self, model: Any, examples: dict[str, list[Example]], sources, report) -> None:
+        self.model = model
+        self.examples = examples
+        self.sources = sources
+        self.report = report
+        self._views: dict[Path, torch.Tensor] = {}
+        self._typed: dict[str, tuple[str, list[int]]] = {}  # typed source -> (source, items)
+
+    @classmethod
+    def build(
+        cls,
+        model: Any,
+        sources: Sequence[DataSource],
+        *,
+        max_length: int = 1024,
+        on_error: str = "raise",
+    ) -> TrainingData:
+        """Read, render and budget every source; `on_error="skip"` counts malformed records
+        instead of stopping at the first."""
+        if model.tokenizer is None:
+            raise ValueError(
+                "This model has no tokenizer, so conversations cannot be rendered; set "
+                "tokenizer.source in its config (e.g. 'demo' or a tokenizer directory)"
+            )
+        report = DataReport()
+        examples: dict[str, list[Example]] = {}
+        visual = model.num_visual_tokens()
+        for source in sources:
+            if not source.path.is_file():
+                raise FileNotFoundError(f"No data file at {source.path}")
+            problems = Problems(on_error)
+            records = list(read_llava(source.path, problems))
+            for reason, count in problems.skipped.items():
+                report.dropped[f"{source.name}: {reason}"] += count
+            kept = []
+            for start in range(0, len(records), RENDER_CHUNK):
+                chunk = records[start : start + RENDER_CHUNK]
+                kept.extend(_render(model, source, chunk, visual, max_length, report))
+            if not kept:
+                raise ValueError(f"{source.path}: no usable record ({report.summary()})")
+            examples[source.name] = kept
+            report.kept[source.name] = len(kept)
+        return cls(model, examples, list(sources), report)
+
+    def batches(self, global_batch_size: int, *, seed: int = 0) -> SphinxBatches:
+        """SPHINX batching: each global batch of one data type, length-grouped, deterministic in
+        (seed, epoch); each source subsampled (or repeated) by its weight."""
+        typed = []
+        for source in self.sources:
+            items = self.examples[source.name]
+            for data_type in (IMAGE_TEXT, TEXT_ONLY):
+                wanted = data_type == IMAGE_TEXT
+                indices = [i for i, ex in enumerate(items) if bool(ex.images) == wanted]
+                if not indices:
+                    continue
+                name = f"{source.name}/{data_type}"
+                lengths = [items[i].length for i in indices]
+                typed.append(TypedSource(name, data_type, lengths, ratio=source.weight))
+                self._typed[name] = (source.name, indices)
+        return SphinxBatches(typed, global_batch_size, seed=seed)
+
+    def example(self, typed_name: str, item: int) -> Example:
+        """Item `item` of a typed source of `batches()` (`"train/image-text"`)."""
+        source, indices = self._typed[typed_name]
+        return self.examples[source][indices[item]]
+
+    def collate(self, items: Sequence[tuple[str, int]]) -> Batch:
+        """Pad a batch's examples (right padding), expand each image placeholder to the model's
+        visual tokens (placeholder placement) or drop it (prefix placement: the model puts the
+        image after BOS), and load each image's views."""
+        examples = [self.example(name, item) for name, item in items]
+        return collate_examples(self.model, examples, self.views)
+
+    def views(self, path: Path) -> torch.Tensor:
+        """The views of the image at `path` (cached: demo images are small)."""
+        if path not in self._views:
+            with Image.open(path) as image:
+                self._views[path] = self.model.preprocess(image.convert("RGB"))
+        return self._views[path]
+
+
+def collate_examples(model: Any, examples: Sequence[Example], views) -> Batch:
+    image_id, count = model.image_token_id, model.num_visual_tokens()
+    rows_ids, rows_labels, pixels, per_row = [], [], [], []
+    for example in examples:
+        ids, labels = [], []
+        for token, label in zip(example.input_ids, example.labels, strict=True):
+            if token == image_id:
+                if model.placement == "placeholder":
+                    ids.extend([image_id] * count)
+                    labels.extend([IGNORE_INDEX] * count)
+                continue
+            ids.append(token)
+            labels.append(label)
+        rows_ids.append(ids)
+        rows_labels.append(labels)
+        pixels.extend(views(path) for path in example.images)
+        per_row.append(len(example.images))
+    length = max(len(ids) for ids in rows_ids)
+    pad = model.pad_token_id
+    input_ids = torch.full((len(examples), length), pad, dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for row, (ids, row_labels) in enumerate(zip(rows_ids, rows_labels, strict=True)):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(ids)] = torch.tensor(row_labels)
+        mask[row, : len(ids)] = 1
+    return Batch(input_ids, mask, labels, pixels or None, [ex.task for ex in examples], per_row)
+
+
+def _render(model, source: DataSource, records, visual: int, max_length: int, report) -> list:
+    conversations = [record["conversations"] for record in records]
+    samples = render_batch(
+        model.template,
+        conversations,
+        model.tokenizer,
+        image_token=model.image_token_id,
+        image_token_count=1,
+        num_images=[len(_images(record)) for record in records],
+        sample_ids=[f"{source.path}:{record.get('id', i)}" for i, record in enumerate(records)],
+    )
+    kept = []
+    for record, sample in zip(records, samples, strict=True):
+        fitted = fit_to_budget(sample, visual, max_length)
+        if fitted.dropped:
+            report.dropped[f"{source.name}: {fitted.drop_reason.value}"] += 1
+            continue
+        report.truncated += int(fitted.truncated)
+        images = [_image_path(source, name) for name in _images(record)]
+        images = images[: len(fitted.image_spans)]
+        kept.append(
+            Example(
+                list(fitted.input_ids),
+                list(fitted.labels),
+                images,
+                str((record.get("meta") or {}).get("task", source.name)),
+                fitted.length,
+                str(record.get("id", "")),
+            )
+        )
+    return kept
+
+
+def _images(record: dict) -> list[str]:
+    image = record.get("image")
+    if image is None:
+        return []
+    return list(image) if isinstance(image, list) else [image]
+
+
+def _image_path(source: DataSource, name: str) -> Path:
+    root = source.images or source.path.parent
+    path = root / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{source.path}: image {name!r} not found under {root} (pass --images ROOT)"
+        )
+    return path

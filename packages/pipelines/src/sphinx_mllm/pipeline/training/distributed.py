@@ -1,0 +1,94 @@
+"""torch.distributed plumbing: the process group `torchrun` describes in the environment, DDP
+(or FSDP) wrapping, and reductions. One process without `torchrun` is a world of one.
+
+    torchrun --nproc_per_node 2 -m sphinx_mllm.pipeline train --preset demo ...
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the run: rank, world size and device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls, device: str | None = None) -> Distributed:
+        """Join the process group torchrun set up (gloo on CPU, NCCL on CUDA), if any."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        target = torch.device(device)
+        if target.type == "cuda":
+            target = torch.device("cuda", local_rank)
+            torch.cuda.set_device(target)
+        if world_size > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo")
+        return cls(rank, world_size, local_rank, target)
+
+    def wrap(self, model: nn.Module, *, fsdp: bool = False) -> nn.Module:
+        """DDP (or FSDP2's `fully_shard` per LLM block, then the root) when the world is larger
+        than one process; the model itself otherwise."""
+        if not self.enabled:
+            return model
+        if fsdp:
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in model.llm.get_decoder().layers:
+                fully_shard(layer)
+            fully_shard(model)
+            return model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=device_ids, find_unused_parameters=True
+        )
+
+    def sum(self, value: float | torch.Tensor) -> float:
+        """The sum of a number over all processes."""
+        tensor = torch.as_tensor(value, dtype=torch.float64, device=self._reduce_device)
+        if self.enabled:
+            dist.all_reduce(tensor)
+        return float(tensor)
+
+    @property
+    def _reduce_device(self) -> torch.device:
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def no_sync(model: Any, skip: bool):
+    """DDP's `no_sync` while accumulating (no gradient all-reduce until the last micro-batch)."""
+    from contextlib import nullcontext
+
+    if skip and isinstance(model, nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    return nullcontext()

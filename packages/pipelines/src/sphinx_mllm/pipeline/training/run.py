@@ -1,0 +1,210 @@
+"""A training run as data: the model, the data, the trainer settings and the evaluation, read
+from a YAML file and command-line options, and carried out into a run directory.
+
+```yaml
+model: demo                      # a preset, a config YAML path, or a whole ModelConfig mapping
+data:
+  - {path: train.jsonl, weight: 1.0, images: data/}
+eval:
+  - {path: val.jsonl, images: data/}
+train: {stage: finetune, max_steps: 1000, lr: 2.0e-5, global_batch_size: 32}
+```
+
+With no data at all, the run is the embedded demo: the synthetic multi-task data of sphinx-data
+is generated into the run directory and split into train and held-out records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sphinx_mllm.pipeline.config import ModelConfig, set_path
+from sphinx_mllm.pipeline.training.data import DataSource
+from sphinx_mllm.pipeline.training.trainer import TrainConfig
+
+DEMO_TASK_WEIGHTS = {
+    "vqa": 1.0,
+    "rec": 1.0,
+    "reg": 0.25,
+    "grounded_caption": 0.25,
+    "detection": 0.25,
+    "pose": 0.1,
+    "layout": 0.1,
+    "short_caption": 0.25,
+}
+DEMO_SYNTHETIC = {"seed": 0, "train": 1000, "val": 50}
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs."""
+
+    model: Any = "demo"
+    data: list[DataSource] = field(default_factory=list)
+    eval: list[DataSource] = field(default_factory=list)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_limit: int | None = None
+    synthetic: dict[str, int] | None = None  # the demo's synthetic data (seed, train, val)
+
+    @classmethod
+    def from_yaml_file(cls, path: Path) -> RunConfig:
+        if not path.is_file():
+            raise FileNotFoundError(f"No training config at {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a training config is a mapping")
+        return cls.from_dict(data, base=path.parent)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: Path = Path(".")) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown training config field(s) {unknown}; expected {sorted(known)}"
+            )
+        train = data.get("train") or {}
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        if set(train) - fields:
+            raise ValueError(
+                f"Unknown train field(s) {sorted(set(train) - fields)}; expected {sorted(fields)}"
+            )
+        return cls(
+            model=data.get("model", "demo"),
+            data=[_source(item, base) for item in data.get("data") or []],
+            eval=[_source(item, base) for item in data.get("eval") or []],
+            train=TrainConfig(**train),
+            eval_limit=data.get("eval_limit"),
+            synthetic=data.get("synthetic"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        model = self.model.to_dict() if isinstance(self.model, ModelConfig) else self.model
+        return {
+            "model": model,
+            "data": [_source_dict(s) for s in self.data],
+            "eval": [_source_dict(s) for s in self.eval],
+            "train": dataclasses.asdict(self.train),
+            "eval_limit": self.eval_limit,
+            "synthetic": self.synthetic,
+        }
+
+    def with_settings(self, settings: list[str]) -> RunConfig:
+        """Apply `key=value` settings (`lr=1e-3`, `train.max_steps=50`, `eval_limit=20`,
+        `model.llm.overrides.num_hidden_layers=2`); values are read as YAML scalars, and a key
+        without a dot is a train field unless it is a top-level one."""
+        data = self.to_dict()
+        for setting in settings:
+            key, sep, raw = setting.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--set {setting!r}: expected key=value")
+            value = _scalar(raw)
+            if "." not in key and key not in data:
+                key = f"train.{key}"
+            if key.startswith("model.") and isinstance(data["model"], str):
+                from sphinx_mllm.pipeline.building import resolve_config
+
+                data["model"] = resolve_config(data["model"]).to_dict()
+            set_path(data, key, value)
+        return RunConfig.from_dict(data)
+
+
+def demo_run_config() -> RunConfig:
+    """The embedded demo: the `demo` preset on sphinx-data's synthetic tasks."""
+    return RunConfig(
+        model="demo",
+        train=TrainConfig(
+            stage="full",
+            max_steps=1200,
+            global_batch_size=32,
+            lr=2e-3,
+            min_lr=2e-4,
+            warmup_steps=30,
+            weight_decay=0.0,
+            clip_grad_norm=1.0,
+            max_length=512,
+            checkpoint_every=200,
+            keep_last=2,
+            max_minutes=12.0,
+        ),
+        eval_limit=200,
+        synthetic=dict(DEMO_SYNTHETIC),
+    )
+
+
+def prepare_synthetic(run_dir: Path, settings: dict[str, int]) -> tuple[list, list]:
+    """Generate (once) the synthetic dataset into the run directory; the train and held-out
+    sources of every demo task, weighted."""
+    from sphinx_mllm.data.cli import synth
+
+    root = run_dir / "data"
+    manifest = root / "tasks" / "manifest.json"
+    wanted = {"seed": settings["seed"], "train": settings["train"], "val": settings["val"]}
+    if not manifest.is_file() or json.loads(manifest.read_text()).get("settings") != wanted:
+        started = time.perf_counter()
+        written = synth(
+            root, seed=wanted["seed"], train=wanted["train"], val=wanted["val"], report=False
+        )
+        stored = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps({**stored, "settings": wanted}, indent=2))
+        counts = ", ".join(f"{task} {n}" for task, n in written["train"].items())
+        print(
+            f"synthetic data: {root} in {time.perf_counter() - started:.1f} s; train records: "
+            f"{counts}; held-out: {sum(written['val'].values())}",
+            flush=True,
+        )
+    train = [
+        DataSource(root / "tasks" / "train" / f"{task}.jsonl", weight, root)
+        for task, weight in DEMO_TASK_WEIGHTS.items()
+    ]
+    held_out = [
+        DataSource(root / "tasks" / "val" / f"{task}.jsonl", 1.0, root)
+        for task in DEMO_TASK_WEIGHTS
+    ]
+    return train, held_out
+
+
+def _source(item: Any, base: Path) -> DataSource:
+    if isinstance(item, str):
+        source = DataSource.parse(item)
+    elif isinstance(item, dict):
+        unknown = set(item) - {"path", "weight", "images"}
+        if unknown or "path" not in item:
+            raise ValueError(f"A data entry has path, weight and images; got {item!r}")
+        images = item.get("images")
+        source = DataSource(
+            Path(item["path"]), float(item.get("weight", 1.0)), Path(images) if images else None
+        )
+    else:
+        raise ValueError(f"A data entry is a path or a mapping, got {item!r}")
+    path = source.path if source.path.is_absolute() else base / source.path
+    images = source.images
+    if images is not None and not images.is_absolute():
+        images = base / images
+    return DataSource(path, source.weight, images)
+
+
+def _source_dict(source: DataSource) -> dict[str, Any]:
+    return {
+        "path": str(source.path),
+        "weight": source.weight,
+        "images": str(source.images) if source.images else None,
+    }
+
+
+def _scalar(raw: str) -> Any:
+    """A YAML scalar, with numbers YAML 1.1 leaves as text (`1e-3`) read as numbers."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value

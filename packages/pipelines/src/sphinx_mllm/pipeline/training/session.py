@@ -1,0 +1,223 @@
+"""One `sphinx-pipeline train` session: resolve the run, build the model and data, train, save
+the final model, score the held-out data and leave the figures in the run directory.
+
+    RUN/run.yaml            the resolved run (model, data, train settings)
+    RUN/metrics.jsonl       one line per step
+    RUN/checkpoints/        resumable checkpoints (the last k)
+    RUN/model/              the trained model (SphinxModel.from_pretrained)
+    RUN/eval.json           per-task scores and every prediction
+    RUN/training_curve.png  loss, learning rate and held-out scores
+    RUN/eval_boxes.png      held-out REC images, reference (green) and predicted (red) boxes
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from sphinx_mllm.pipeline.training.data import DataSource, TrainingData
+from sphinx_mllm.pipeline.training.distributed import Distributed
+from sphinx_mllm.pipeline.training.run import RunConfig, demo_run_config, prepare_synthetic
+from sphinx_mllm.pipeline.training.state import list_checkpoints
+from sphinx_mllm.pipeline.training.trainer import NonFiniteLossError, Trainer
+
+GALLERY_SIZE = 12
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or went wrong, with what to do about it."""
+
+
+def pair_sources(specs: list[str], roots: list[Path]) -> list[DataSource]:
+    """`--data` files with their `--images` roots: one root per file, or one for all."""
+    if roots and len(roots) not in (1, len(specs)):
+        raise ValueError(
+            f"{len(specs)} --data file(s) and {len(roots)} --images root(s): give one root, or "
+            "one per file"
+        )
+    return [
+        DataSource.parse(spec, roots[0] if len(roots) == 1 else roots[i] if roots else None)
+        for i, spec in enumerate(specs)
+    ]
+
+
+def load_model(checkpoint: str, device: str | None = None) -> Any:
+    """A checkpoint directory, or a preset built with random weights."""
+    from sphinx_mllm.pipeline.building import build_model
+    from sphinx_mllm.pipeline.model import SphinxModel
+
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        return SphinxModel.from_pretrained(path, device=device)
+    if path.suffix or "/" in checkpoint:
+        raise FileNotFoundError(f"No checkpoint directory at {path}")
+    return build_model(checkpoint, device=device)
+
+
+def resolve_run(
+    config_file: Path | None,
+    preset: str | None,
+    data: list[str],
+    images: list[Path],
+    eval_data: list[str],
+    max_steps: int | None,
+    settings: list[str],
+) -> RunConfig:
+    """The run the command line describes (see `sphinx-pipeline train --help`)."""
+    if config_file is not None:
+        run = RunConfig.from_yaml_file(config_file)
+    else:
+        run = demo_run_config()
+        if data:  # the demo's settings on the user's own data
+            run.synthetic = None
+            run.train.max_minutes = 0.0
+    if preset is not None:
+        run.model = preset
+    if data:
+        run.data = pair_sources(data, images)
+        run.synthetic = None
+    if eval_data:
+        run.eval = pair_sources(eval_data, images[:1] if len(images) == 1 else [])
+    if max_steps is not None:
+        run.train.max_steps = max_steps
+    if settings:
+        run = run.with_settings(settings)
+    if not run.data and run.synthetic is None:
+        raise TrainingError("The training config names no data (data: [...] or --data FILE)")
+    return run
+
+
+def run_training(
+    *,
+    config_file: Path | None,
+    preset: str | None,
+    data: list[str],
+    images: list[Path],
+    eval_data: list[str],
+    out: Path,
+    max_steps: int | None,
+    settings: list[str],
+    resume: bool,
+    device: str | None,
+    progress: bool,
+    restart: bool = False,
+) -> dict[str, Any]:
+    """Carry out a whole training session; returns the evaluation summary (empty without
+    held-out data)."""
+    from sphinx_mllm.pipeline.building import build_model, resolve_config
+
+    run = resolve_run(config_file, preset, data, images, eval_data, max_steps, settings)
+    if resume and restart:
+        raise TrainingError("--resume continues a run and --restart starts it over: pick one")
+    dist = Distributed.from_environment(device)
+    say = _printer(dist.is_main)
+    if restart and dist.is_main:
+        _clear_run(out)
+    dist.barrier()
+    if list_checkpoints(out) and not resume:
+        raise TrainingError(
+            f"{out} already holds checkpoints of a run: pass --resume to continue it, or choose "
+            "another --out"
+        )
+    if run.synthetic is not None:
+        if dist.is_main:
+            train_sources, held_out = prepare_synthetic(out, run.synthetic)
+        dist.barrier()
+        train_sources, held_out = prepare_synthetic(out, run.synthetic)
+        run.data, run.eval = train_sources, run.eval or held_out
+    torch.manual_seed(run.train.seed)
+    config = resolve_config(run.model)
+    model = build_model(config, device=dist.device)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        run_record = run.to_dict() | {"model": config.to_dict()}
+        (out / "run.yaml").write_text(yaml.safe_dump(run_record, sort_keys=False))
+    started = time.perf_counter()
+    training_data = TrainingData.build(model, run.data, max_length=run.train.max_length)
+    say(training_data.report.summary())
+    say(
+        f"model: {config.name}, {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{model.num_visual_tokens()} visual tokens per image; stage {run.train.stage}; "
+        f"{dist.world_size} process(es) on {dist.device}"
+    )
+    trainer = Trainer(
+        model, training_data, run.train, out, resume=resume, distributed=dist, progress=progress
+    )
+    try:
+        result = trainer.train()
+    except NonFiniteLossError as error:
+        raise TrainingError(str(error)) from error
+    finally:
+        dist.close()
+    minutes = (time.perf_counter() - started) / 60
+    say(
+        f"trained {result.steps} steps in {minutes:.1f} min (stopped by {result.stopped_by}); "
+        f"final loss {result.final_loss:.4f}"
+    )
+    if not dist.is_main:
+        return {}
+    final = _export(model, out)
+    say(f"model: saved to {final}")
+    summary: dict[str, Any] = {}
+    if run.eval:
+        summary = _evaluate(model, run, out, say)
+    from sphinx_mllm.pipeline.training.plots import plot_training_curve
+
+    curve = plot_training_curve(out / "metrics.jsonl", out / "training_curve.png", summary or None)
+    say(f"figures: {curve}")
+    return summary
+
+
+RUN_OUTPUTS = ("checkpoints", "model", "metrics.jsonl", "eval.json", "run.yaml")
+
+
+def _clear_run(out: Path) -> None:
+    """Remove what a run wrote (the synthetic data it generated stays: it is only a cache)."""
+    import shutil
+
+    for name in RUN_OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    for figure in out.glob("*.png") if out.is_dir() else ():
+        figure.unlink()
+
+
+def _export(model: Any, out: Path) -> Path:
+    """The trained model as a plain checkpoint (LoRA adapters merged into the LLM)."""
+    llm = model.llm
+    if hasattr(llm, "merge_and_unload"):
+        model.llm = llm.merge_and_unload()
+    return model.save_pretrained(out / "model", overwrite=True)
+
+
+def _evaluate(model: Any, run: RunConfig, out: Path, say) -> dict[str, Any]:
+    from sphinx_mllm.pipeline.evaluation import evaluate
+
+    started = time.perf_counter()
+    model.eval()
+    report = evaluate(model, run.eval, limit=run.eval_limit)
+    say(f"held-out evaluation ({time.perf_counter() - started:.0f} s):\n{report.table()}")
+    (out / "eval.json").write_text(json.dumps(report.to_dict(), indent=1))
+    boxes = [p for p in report.predictions if p.metric == "rec" and p.image is not None]
+    if boxes:
+        from sphinx_mllm.pipeline.training.plots import box_gallery
+
+        gallery = box_gallery(boxes[:GALLERY_SIZE], out / "eval_boxes.png")
+        say(f"figures: {gallery}")
+    return report.by_task()
+
+
+def _printer(enabled: bool):
+    def say(message: str) -> None:
+        if enabled:
+            print(message, flush=True)
+
+    return say

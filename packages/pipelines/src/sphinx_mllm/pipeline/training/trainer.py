@@ -1,0 +1,376 @@
+"""The trainer: stages, AdamW with warmup and cosine decay, gradient accumulation, clipping,
+bf16 autocast with fp32 weights for what trains, DDP/FSDP through torch.distributed, atomic
+checkpoints every N steps with exact resume, and a run directory that shows progress.
+
+    trainer = Trainer(model, data, TrainConfig(stage="finetune", max_steps=1000), "runs/a")
+    result = trainer.train()           # resumes from runs/a/checkpoints when resume=True
+
+The loss of a step is the mean over every label token of the global batch, however it is split
+into processes and micro-batches: each micro-batch's mean loss is weighted by its share of the
+global batch's label tokens, so one process with accumulation and N processes give the same
+gradients.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sphinx_mllm.pipeline.stages import STAGES, Stage, apply_stage, get_stage
+from sphinx_mllm.pipeline.training.data import TrainingData
+from sphinx_mllm.pipeline.training.distributed import Distributed, no_sync
+from sphinx_mllm.pipeline.training.state import (
+    TrainerState,
+    load_latest_checkpoint,
+    save_training_checkpoint,
+)
+
+PRECISIONS = ("auto", "bf16", "fp32")
+METRICS_FILE = "metrics.jsonl"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+@dataclass
+class TrainConfig:
+    """How to train. `global_batch_size` samples per optimisation step over all processes;
+    `micro_batch_size` (per process, 0 = all at once) sets gradient accumulation;
+    `max_minutes` (0 = none) ends the run early, with a checkpoint, when time is up."""
+
+    stage: str = "finetune"
+    trainable: list[str] | None = None
+    max_steps: int = 1000
+    max_minutes: float = 0.0
+    global_batch_size: int = 32
+    micro_batch_size: int = 0
+    lr: float = 2e-5
+    min_lr: float = 0.0
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip_grad_norm: float = 2.0
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    max_length: int = 1024
+    checkpoint_every: int = 0
+    keep_last: int = 2
+    seed: int = 0
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    fsdp: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.stage not in STAGES and self.trainable is None:
+            raise ValueError(
+                f"Unknown stage {self.stage!r}; expected one of {sorted(STAGES)} (or give "
+                "trainable patterns for a custom stage)"
+            )
+        for name in ("max_steps", "global_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        self.betas = tuple(self.betas)
+
+    @property
+    def resolved_stage(self) -> Stage:
+        if self.trainable is not None:
+            return Stage(self.stage, tuple(self.trainable))
+        stage = get_stage(self.stage)
+        if stage.lora_rank is not None:
+            stage = Stage(stage.name, stage.trainable, self.lora_rank, stage.lora_targets)
+        return stage
+
+
+@dataclass
+class StepLog:
+    """One optimisation step, as appended to metrics.jsonl."""
+
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float
+    label_tokens: int
+    tokens: int
+    tokens_per_second: float
+    seconds: float
+    epoch: int
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    history: list[StepLog] = field(default_factory=list)
+    checkpoint: Path | None = None
+    stopped_by: str = "steps"
+
+
+class Trainer:
+    """Trains a `SphinxModel` on `TrainingData` into the run directory `run_dir`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: TrainingData,
+        config: TrainConfig,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        distributed: Distributed | None = None,
+        progress: bool = True,
+        on_step: Callable[[StepLog], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.data = data
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.dist = distributed or Distributed(0, 1, 0, model.device)
+        self.progress = progress and self.dist.is_main
+        self.on_step = on_step
+        if config.global_batch_size % self.dist.world_size:
+            raise ValueError(
+                f"global_batch_size {config.global_batch_size} is not divisible by the "
+                f"{self.dist.world_size} processes"
+            )
+
+    # -- set-up ----------------------------------------------------------------------------------
+
+    def _prepare_model(self) -> list[str]:
+        stage = self.config.resolved_stage
+        if stage.lora_rank is not None:
+            self._add_lora(stage)
+        trainable = apply_stage(self.model, stage)
+        if not trainable:
+            raise ValueError(f"Stage {stage.name!r} trains no parameter of this model")
+        for parameter in self.model.parameters():
+            if parameter.requires_grad and parameter.dtype != torch.float32:
+                parameter.data = parameter.data.float()  # fp32 master weights for what trains
+        if self.config.gradient_checkpointing:
+            llm = self.model.llm  # transformers >= 5.24 renamed gradient_* to activation_*
+            enable = getattr(llm, "activation_checkpointing_enable", None)
+            (enable or llm.gradient_checkpointing_enable)()
+        return trainable
+
+    def _add_lora(self, stage: Stage) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=stage.lora_rank,
+            lora_alpha=self.config.lora_alpha,
+            target_modules=list(stage.lora_targets),
+            lora_dropout=0.0,
+        )
+        self.model.llm = get_peft_model(self.model.llm, lora)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for parameter in self.model.parameters():
+            if parameter.requires_grad:
+                # no weight decay on biases and norms (one-dimensional parameters)
+                (no_decay if parameter.ndim < 2 else decay).append(parameter)
+        groups = [
+            {"params": decay, "weight_decay": self.config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(
+            [group for group in groups if group["params"]],
+            lr=self.config.lr,
+            betas=self.config.betas,
+        )
+
+    def _scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+        return get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer,
+            num_warmup_steps=self.config.warmup_steps,
+            num_training_steps=self.config.max_steps,
+            min_lr=self.config.min_lr,
+        )
+
+    def _autocast(self):
+        precision = self.config.precision
+        device = self.dist.device
+        if precision == "auto":
+            supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+            precision = "bf16" if supported else "fp32"
+        if precision == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def train(self) -> TrainResult:
+        config = self.config
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        self._prepare_model()
+        optimizer = self._optimizer()
+        scheduler = self._scheduler(optimizer)
+        state = TrainerState()
+        if self.resume:
+            restored = load_latest_checkpoint(self.run_dir, self.model, optimizer, scheduler)
+            if restored is not None:
+                state = restored
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._truncate_metrics(state.step)
+        wrapped = self.dist.wrap(self.model, fsdp=config.fsdp)
+        wrapped.train()
+        batches = self.data.batches(config.global_batch_size, seed=config.seed)
+        bar = self._progress_bar(state.step)
+        history: list[StepLog] = []
+        last_checkpoint = None
+        deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes else math.inf
+        try:
+            while state.step < config.max_steps and time.monotonic() < deadline:
+                epoch = batches.epoch(state.epoch)
+                if state.batch_in_epoch >= len(epoch):
+                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                    continue
+                _, items = epoch[state.batch_in_epoch]
+                log = self._step(wrapped, optimizer, scheduler, items, state)
+                state.step += 1
+                state.batch_in_epoch += 1
+                state.tokens_seen += log.tokens
+                history.append(log)
+                self._record(log, bar)
+                if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                    last_checkpoint = self._checkpoint(optimizer, scheduler, state)
+            if config.checkpoint_every and state.step % config.checkpoint_every:
+                last_checkpoint = self._checkpoint(optimizer, scheduler, state)
+        finally:
+            if bar is not None:
+                bar.close()
+        final_loss = history[-1].loss if history else float("nan")
+        stopped = "time" if state.step < config.max_steps else "steps"
+        return TrainResult(state.step, final_loss, history, last_checkpoint, stopped)
+
+    def _step(self, model, optimizer, scheduler, items, state: TrainerState) -> StepLog:
+        started = time.perf_counter()
+        examples = [self.data.example(name, item) for name, item in items]
+        total_labels = sum(_label_tokens(example.labels) for example in examples)
+        share = len(items) // self.dist.world_size
+        mine = items[self.dist.rank * share : (self.dist.rank + 1) * share]
+        batch = self.data.collate(mine)
+        micro = self.config.micro_batch_size or len(mine)
+        chunks = batch.split(-(-len(mine) // micro))
+        loss_sum = 0.0
+        for index, chunk in enumerate(chunks):
+            last = index == len(chunks) - 1
+            with no_sync(model, skip=not last), self._autocast():
+                output = model(
+                    chunk.input_ids.to(self.dist.device),
+                    _to(chunk.pixel_values, self.dist.device),
+                    chunk.attention_mask.to(self.dist.device),
+                    chunk.labels.to(self.dist.device),
+                    return_logits=False,
+                )
+            weight = chunk.num_label_tokens / max(total_labels, 1)
+            (output.loss * weight * self.dist.world_size).backward()
+            loss_sum += float(output.loss.detach()) * weight
+        loss = self.dist.sum(loss_sum)
+        if not math.isfinite(loss):
+            optimizer.zero_grad(set_to_none=True)
+            previous = self._latest_checkpoint_name()
+            raise NonFiniteLossError(
+                f"The loss is {loss} at step {state.step + 1}; training stopped before the "
+                f"update. The last good checkpoint is {previous} (resume from it with a lower "
+                "learning rate or check the data)"
+            )
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(parameters, self.config.clip_grad_norm or math.inf)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens = int(self.dist.sum(batch.num_tokens))
+        seconds = time.perf_counter() - started
+        return StepLog(
+            step=state.step + 1,
+            loss=loss,
+            lr=lr,
+            grad_norm=float(norm),
+            label_tokens=total_labels,
+            tokens=tokens,
+            tokens_per_second=tokens / seconds,
+            seconds=seconds,
+            epoch=state.epoch,
+        )
+
+    # -- what a run leaves behind ----------------------------------------------------------------
+
+    def _checkpoint(self, optimizer, scheduler, state: TrainerState) -> Path | None:
+        path = None
+        if self.dist.is_main:
+            path = save_training_checkpoint(
+                self.run_dir,
+                self.model,
+                optimizer,
+                scheduler,
+                state,
+                keep_last=self.config.keep_last,
+            )
+        self.dist.barrier()
+        return path
+
+    def _latest_checkpoint_name(self) -> str:
+        from sphinx_mllm.pipeline.training.state import list_checkpoints
+
+        found = list_checkpoints(self.run_dir)
+        return str(found[-1]) if found else "none (no checkpoint was written yet)"
+
+    def _truncate_metrics(self, step: int) -> None:
+        """On resume, forget logged steps after the restored one (they will be logged again)."""
+        path = self.run_dir / METRICS_FILE
+        if not self.dist.is_main or not path.is_file():
+            return
+        kept = [
+            line
+            for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def _record(self, log: StepLog, bar) -> None:
+        if self.dist.is_main:
+            with (self.run_dir / METRICS_FILE).open("a") as out:
+                out.write(json.dumps(asdict(log)) + "\n")
+            if bar is not None:
+                bar.set_postfix(
+                    loss=f"{log.loss:.4f}",
+                    lr=f"{log.lr:.2e}",
+                    tok_s=f"{log.tokens_per_second:,.0f}",
+                    refresh=False,
+                )
+                bar.update(1)
+        if self.on_step is not None:
+            self.on_step(log)
+
+    def _progress_bar(self, initial: int):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.config.max_steps, initial=initial, desc="train", unit="step")
+
+
+def _label_tokens(labels: list[int]) -> int:
+    return sum(1 for label in labels[1:] if label != -100)
+
+
+def _to(pixels: list[torch.Tensor] | None, device: torch.device):
+    return None if pixels is None else [views.to(device) for views in pixels]

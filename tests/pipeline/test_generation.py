@@ -1,0 +1,271 @@
+"""Generation for `SphinxModel` (KV cache, left padding, sampling, stopping) and box drawing,
+on the tiny `demo` preset."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sphinx_mllm.pipeline.building import build_model
+from sphinx_mllm.pipeline.drawing import draw_boxes, find_boxes
+from sphinx_mllm.pipeline.generation import (
+    answer,
+    build_prompt,
+    generate,
+    left_pad,
+    nucleus,
+    render_prompt,
+)
+
+NO_EOS: list[int] = []  # rows run to max_new_tokens unless a stop string ends them
+
+
+def _varied_weights(model):
+    """A random Llama at the usual init (std 0.02) repeats one token; larger weights make it
+    produce varied tokens, so that comparing two decodings means something."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.llm.parameters():
+            if parameter.ndim >= 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return _varied_weights(build_model("demo"))
+
+
+@pytest.fixture(scope="module")
+def prefix_model(model):
+    prefix = build_model("demo", placement="prefix")
+    prefix.load_state_dict(model.state_dict())
+    return prefix.eval()
+
+
+def _image(width, height, seed):
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+IMAGES = [_image(40, 30, 0), _image(64, 20, 1)]
+QUESTIONS = ["What color?", "Describe the picture in detail, please."]
+
+
+def _batch(model, questions=QUESTIONS, images=IMAGES):
+    prompts = [
+        build_prompt(model, question, image_size=image.size)
+        for question, image in zip(questions, images, strict=True)
+    ]
+    input_ids, attention_mask = left_pad(prompts, model.pad_token_id)
+    return input_ids, [model.preprocess(image) for image in images], attention_mask
+
+
+def test_prompts_reserve_the_visual_tokens_and_end_with_the_assistant_prefix(model):
+    prompt = build_prompt(model, "What color?")
+    assert prompt.count(model.image_token_id) == model.num_visual_tokens() == 67
+    assert prompt[0] == model.bos_token_id and prompt[1] == model.image_token_id
+    assert model.tokenizer.decode(prompt).endswith("### Human: What color?\n### Assistant:")
+    input_ids, attention_mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert input_ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_greedy_with_the_cache_matches_recomputing_the_whole_sequence(model):
+    input_ids, pixels, attention_mask = _batch(model, QUESTIONS[:1], IMAGES[:1])
+    output = generate(
+        model, input_ids, pixels, attention_mask=attention_mask, max_new_tokens=12,
+        eos_token_id=NO_EOS,
+    )  # fmt: skip
+    expected, sequence = [], input_ids
+    with torch.no_grad():
+        for _ in range(int(output.lengths[0])):
+            token = model(sequence, pixels).logits[:, -1].argmax(dim=-1)
+            expected.append(int(token))
+            sequence = torch.cat([sequence, token[:, None]], dim=1)
+    assert output.lengths[0] >= 8
+    delegated = model.generate(
+        input_ids, pixels, attention_mask=attention_mask, max_new_tokens=12, eos_token_id=NO_EOS
+    )
+    assert torch.equal(delegated.sequences, output.sequences)
+    assert output.sequences[0, : output.lengths[0]].tolist() == expected
+    assert len(set(expected)) > 1
+
+
+def test_a_left_padded_batch_gives_the_tokens_of_each_prompt_alone(model):
+    input_ids, pixels, attention_mask = _batch(model)
+    assert not attention_mask.all()  # the prompts differ in length
+    batch = generate(
+        model, input_ids, pixels, attention_mask=attention_mask, max_new_tokens=10,
+        eos_token_id=NO_EOS,
+    )  # fmt: skip
+    for row, (question, image) in enumerate(zip(QUESTIONS, IMAGES, strict=True)):
+        alone = generate(model, *_batch(model, [question], [image])[:2], max_new_tokens=10,
+                         eos_token_id=NO_EOS)  # fmt: skip
+        length = int(batch.lengths[row])
+        assert length == int(alone.lengths[0])
+        assert batch.sequences[row, :length].tolist() == alone.sequences[0, :length].tolist()
+        assert batch.texts[row] == alone.texts[0]
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator(model):
+    input_ids, pixels, attention_mask = _batch(model)
+
+    def sample(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return generate(
+            model, input_ids, pixels, attention_mask=attention_mask, max_new_tokens=12,
+            do_sample=True, temperature=1.0, top_p=0.95, generator=generator,
+            eos_token_id=NO_EOS, stop_strings=None,
+        ).sequences  # fmt: skip
+
+    assert torch.equal(sample(7), sample(7))
+    assert not torch.equal(sample(7), sample(8))
+
+
+def test_a_tiny_top_p_samples_the_greedy_tokens(model):
+    input_ids, pixels, attention_mask = _batch(model)
+    greedy = generate(model, input_ids, pixels, attention_mask=attention_mask, max_new_tokens=8)
+    sampled = generate(
+        model, input_ids, pixels, attention_mask=attention_mask, max_new_tokens=8,
+        do_sample=True, top_p=1e-6, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert torch.equal(greedy.sequences, sampled.sequences)
+
+
+def test_nucleus_keeps_the_smallest_set_reaching_top_p():
+    probabilities = torch.tensor([[0.1, 0.5, 0.3, 0.1]])
+
+    def kept(top_p):
+        return (nucleus(probabilities, top_p) > 0).flatten().tolist()
+
+    assert kept(0.5) == [False, True, False, False]
+    assert kept(0.6) == [False, True, True, False]
+    assert kept(1e-9) == [False, True, False, False]
+    assert kept(1.0) == [True, True, True, True]
+    assert torch.equal(nucleus(probabilities, 0.6)[0, 1:3], probabilities[0, 1:3])
+
+
+@pytest.mark.parametrize("temperature", [0.0, -0.5])
+def test_sampling_refuses_a_non_positive_temperature(model, temperature):
+    input_ids, pixels, _ = _batch(model, QUESTIONS[:1], IMAGES[:1])
+    with pytest.raises(ValueError, match=r"temperature must be > 0 when sampling"):
+        generate(model, input_ids, pixels, do_sample=True, temperature=temperature)
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\], got 0"):
+        generate(model, input_ids, pixels, do_sample=True, top_p=0)
+    greedy = generate(model, input_ids, pixels, temperature=temperature, max_new_tokens=1)
+    assert greedy.sequences.shape == (1, 1)  # the temperature only matters when sampling
+
+
+def test_right_padding_is_refused(model):
+    with pytest.raises(ValueError, match="pad the batch on the left"):
+        generate(model, torch.tensor([[1, 5, 0]]), attention_mask=torch.tensor([[1, 1, 0]]))
+
+
+def test_a_stop_string_ends_the_row_and_is_cut_from_its_text(model):
+    input_ids, pixels, attention_mask = _batch(model, QUESTIONS[:1], IMAGES[:1])
+    options = {"attention_mask": attention_mask, "max_new_tokens": 16, "eos_token_id": NO_EOS}
+    full = generate(model, input_ids, pixels, **options)
+    text = full.texts[0]
+    start = next(i for i in range(3, len(text) - 1) if text[i : i + 2].isascii()
+                 and text[i : i + 2].isalpha())  # fmt: skip
+    stop = text[start : start + 2]
+    stopped = generate(model, input_ids, pixels, stop_strings=[stop], **options)
+    assert stopped.finished_by == ["stop"]
+    assert stopped.texts[0] == text[: text.index(stop)]
+    length = int(stopped.lengths[0])
+    assert length < 16
+    assert stopped.sequences[0].tolist() == full.sequences[0, :length].tolist()
+    template = model.template
+    model.template = dataclasses.replace(template, stop_strings=(stop,))
+    try:
+        by_template = generate(model, input_ids, pixels, **options)
+    finally:
+        model.template = template
+    assert by_template.texts == stopped.texts and by_template.finished_by == ["stop"]
+
+
+def test_eos_ends_one_row_while_the_other_continues(model):
+    input_ids, pixels, attention_mask = _batch(model)
+    options = {"attention_mask": attention_mask, "max_new_tokens": 12}
+    free = generate(model, input_ids, pixels, eos_token_id=NO_EOS, **options)
+    assert free.finished_by == ["length", "length"]
+    first, second = free.sequences.tolist()
+    at = next(i for i in range(1, 10) if first[i] not in first[:i] and first[i] not in second)
+    ended = generate(model, input_ids, pixels, eos_token_id=first[at], **options)
+    assert ended.finished_by == ["eos", "length"]
+    assert ended.lengths.tolist() == [at + 1, 12]
+    assert ended.sequences[0].tolist() == first[: at + 1] + [model.pad_token_id] * (11 - at)
+    assert ended.sequences[1].tolist() == second
+
+
+def test_prefix_placement_generates_like_images_placed_after_bos(model, prefix_model):
+    prompt = build_prompt(prefix_model, "<image>\nWhat color?")
+    assert model.image_token_id not in prompt  # the model inserts the visual tokens itself
+    assert prompt == build_prompt(prefix_model, "What color?", image_count=0)
+    prefix_ids, pixels, prefix_mask = _batch(prefix_model)
+    prefix = generate(prefix_model, prefix_ids, pixels, attention_mask=prefix_mask,
+                      max_new_tokens=8, eos_token_id=NO_EOS)  # fmt: skip
+    # The SPHINX template puts placeholder images right after BOS: the same sequence.
+    ids, _, mask = _batch(model)
+    placeholder = generate(model, ids, pixels, attention_mask=mask, max_new_tokens=8,
+                           eos_token_id=NO_EOS)  # fmt: skip
+    assert torch.equal(prefix.sequences, placeholder.sequences)
+    with pytest.raises(ValueError, match="one image per prompt"):
+        build_prompt(prefix_model, "Compare them.", image_count=2)
+
+
+def test_generation_runs_in_eval_mode_and_restores_each_training_flag(model):
+    model.train()
+    model.visual.eval()
+    seen = []
+    hook = model.llm.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    try:
+        input_ids, pixels, attention_mask = _batch(model, QUESTIONS[:1], IMAGES[:1])
+        generate(model, input_ids, pixels, attention_mask=attention_mask, max_new_tokens=2)
+        assert seen and not any(seen)
+        assert model.training and model.llm.training and not model.visual.training
+        assert not any(module.training for module in model.visual.modules())
+    finally:
+        hook.remove()
+        model.eval()
+
+
+def test_answer_batches_and_strips_the_replies(model):
+    one_by_one = answer(model, IMAGES, QUESTIONS, batch_size=1, max_new_tokens=6)
+    together = answer(model, IMAGES, QUESTIONS, batch_size=2, max_new_tokens=6)
+    assert one_by_one == together
+    assert all(reply == reply.strip() for reply in together)
+    with pytest.raises(ValueError, match="2 images for 1 questions"):
+        answer(model, IMAGES, QUESTIONS[:1])
+
+
+def test_a_conversation_prompt_carries_the_earlier_turns(model):
+    turns = [
+        {"from": "human", "value": "What color?"},
+        {"from": "gpt", "value": "Red."},
+        {"from": "human", "value": "Sure?"},
+    ]
+    text = model.tokenizer.decode(render_prompt(model, turns))
+    assert text.endswith(
+        "Human: What color?\n### Assistant: Red.\n### Human: Sure?\n### Assistant:"
+    )
+
+
+def test_draw_boxes_maps_the_padded_square_frame_back_to_the_image():
+    image = Image.new("RGB", (200, 160), (128, 128, 128))
+    text = "<p>the thing</p> [0.10,0.20,0.50,0.60]"
+    # Padded to a 200 px square with 20 px above: x 20..100, y 0.2 * 200 - 20 = 20..100.
+    (found,) = find_boxes(text, image.size)
+    assert found.phrase == "the thing"
+    assert found.box == pytest.approx((20, 20, 100, 100))
+    drawn = draw_boxes(image, text)
+    assert drawn is not image and image.getpixel((20, 60)) == (128, 128, 128)
+    for edge in [(20, 60), (100, 60), (60, 100)]:
+        assert drawn.getpixel(edge) != (128, 128, 128), edge
+    for untouched in [(60, 60), (150, 140), (10, 60), (110, 60)]:
+        assert drawn.getpixel(untouched) == (128, 128, 128), untouched
+    assert find_boxes("no boxes here", image.size) == []
