@@ -134,3 +134,18 @@ def test_merge_mixes_the_llm_weights_only(tmp_path):
         expected = 0.25 * a[name] + 0.75 * b[name] if name.startswith("llm.") else a[name]
         assert torch.equal(tensor, expected.to(tensor.dtype)), name
     assert CliRunner().invoke(app, ["merge", "a", "b", str(out), "--beta", "2"]).exit_code == 2
+
+
+def test_describe_works_for_every_preset():
+    import json
+
+    from sphinx_mllm.pipeline import list_model_presets
+
+    for preset in list_model_presets():
+        result = CliRunner().invoke(app, ["describe", preset, "--json"])
+        assert result.exit_code == 0, (preset, result.output)
+        description = json.loads(result.output)
+        assert description["visual_tokens_per_image"] > 0
+        assert description["parameters"]["total"] == sum(
+            row["parameters"] for row in description["components"]
+        )

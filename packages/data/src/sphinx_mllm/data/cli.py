@@ -70,11 +70,13 @@ def build(task: str, format_name: str, paths: list[Path], out: Path, options: di
 
 
 def synth(
-    out: Path, seed: int, train: int, val: int, *, report: bool = True
+    out: Path, seed: int, train: int, val: int, *, report: bool = True, max_objects: int = 5
 ) -> dict[str, dict[str, int]]:
     """Write the synthetic dataset and build every task of the demo from it, per split
-    (`report=False`: without a line per file written)."""
-    manifest = write_synthetic_dataset(out, seed=seed, num_train=train, num_val=val, overwrite=True)
+    (`report=False`: without a line per file written; `max_objects` per shape scene)."""
+    manifest = write_synthetic_dataset(
+        out, seed=seed, num_train=train, num_val=val, overwrite=True, max_objects=max_objects
+    )
     written: dict[str, dict[str, int]] = {}
     for split in ("train", "val"):
         files = {

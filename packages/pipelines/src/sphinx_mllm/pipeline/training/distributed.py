@@ -1,5 +1,5 @@
 """torch.distributed plumbing: the process group `torchrun` describes in the environment, DDP
-(or FSDP) wrapping, and reductions. One process without `torchrun` is a world of one.
+wrapping, and reductions. One process without `torchrun` is a world of one.
 
     torchrun --nproc_per_node 2 -m sphinx_mllm.pipeline train --preset demo ...
 """
@@ -48,17 +48,9 @@ class Distributed:
             dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo")
         return cls(rank, world_size, local_rank, target)
 
-    def wrap(self, model: nn.Module, *, fsdp: bool = False) -> nn.Module:
-        """DDP (or FSDP2's `fully_shard` per LLM block, then the root) when the world is larger
-        than one process; the model itself otherwise."""
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """DDP when the world is larger than one process; the model itself otherwise."""
         if not self.enabled:
-            return model
-        if fsdp:
-            from torch.distributed.fsdp import fully_shard
-
-            for layer in model.llm.get_decoder().layers:
-                fully_shard(layer)
-            fully_shard(model)
             return model
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(

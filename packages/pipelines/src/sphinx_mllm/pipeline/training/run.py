@@ -122,7 +122,7 @@ def demo_run_config() -> RunConfig:
         model="demo",
         train=TrainConfig(
             stage="full",
-            max_steps=1200,
+            max_steps=1500,
             global_batch_size=32,
             lr=2e-3,
             min_lr=2e-4,
@@ -132,7 +132,7 @@ def demo_run_config() -> RunConfig:
             max_length=512,
             checkpoint_every=200,
             keep_last=2,
-            max_minutes=12.0,
+            max_minutes=12.5,
         ),
         eval_limit=200,
         synthetic=dict(DEMO_SYNTHETIC),

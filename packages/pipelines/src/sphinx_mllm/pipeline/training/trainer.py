@@ -1,5 +1,5 @@
 """The trainer: stages, AdamW with warmup and cosine decay, gradient accumulation, clipping,
-bf16 autocast with fp32 weights for what trains, DDP/FSDP through torch.distributed, atomic
+bf16 autocast with fp32 weights for what trains, DDP through torch.distributed, atomic
 checkpoints every N steps with exact resume, and a run directory that shows progress.
 
     trainer = Trainer(model, data, TrainConfig(stage="finetune", max_steps=1000), "runs/a")
@@ -69,7 +69,6 @@ class TrainConfig:
     seed: int = 0
     lora_rank: int = 16
     lora_alpha: int = 32
-    fsdp: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -228,7 +227,7 @@ class Trainer:
                 state = restored
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._truncate_metrics(state.step)
-        wrapped = self.dist.wrap(self.model, fsdp=config.fsdp)
+        wrapped = self.dist.wrap(self.model)
         wrapped.train()
         batches = self.data.batches(config.global_batch_size, seed=config.seed)
         bar = self._progress_bar(state.step)
