@@ -55,6 +55,7 @@ class Mixer(nn.Module, ABC):
         row_separators: bool = False,
         tile_pool: Grid | None = None,
         tile_pool_mode: str = "bilinear",
+        grid_positions: str | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -78,6 +79,7 @@ class Mixer(nn.Module, ABC):
             row_separators=row_separators,
             tile_pool=tile_pool,
             tile_pool_mode=tile_pool_mode,
+            grid_positions=grid_positions,
             device=device,
             dtype=dtype,
         )

@@ -4,7 +4,10 @@
   uniform [0, 1) initialisation, shared by all views);
 - an optional separator after each row of a grid (LLaVA-NeXT's `image_newline`);
 - optional pooling of the grid of tile views (not the global view) to a smaller grid, bilinear,
-  SPHINX's token-saving variant (16x16 -> 8x8). The leading token is kept as it is.
+  SPHINX's token-saving variant (16x16 -> 8x8). The leading token is kept as it is;
+- optional fixed 2D sine-cosine position features added to the grid tokens (`grid_positions=
+  "sincos"`, no parameters; MAE's 2D embedding, scaled to the tokens' RMS): each grid token then
+  says where in the view it lies, which a model trained from scratch otherwise learns slowly.
 """
 
 from __future__ import annotations
@@ -17,6 +20,26 @@ from sphinx_mllm.mixer.alignment import Grid, map_to_tokens, tokens_to_map
 from sphinx_mllm.mixer.views import ViewKind
 
 POOL_MODES = ("bilinear", "area", "nearest")
+GRID_POSITIONS = (None, "sincos")
+
+
+def sincos_2d(grid: Grid, dim: int) -> torch.Tensor:
+    """`[rows * cols, dim]` fixed 2D sine-cosine features: half the channels encode the row,
+    half the column, each as sines and cosines of geometrically spaced frequencies."""
+    if dim % 4:
+        raise ValueError(f"2D sine-cosine position features need a width divisible by 4, got {dim}")
+    rows, cols = grid
+    quarter = dim // 4
+    frequencies = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter))
+    y, x = torch.meshgrid(
+        torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64),
+        indexing="ij",
+    )  # fmt: skip
+    parts = []
+    for coordinate in (y.reshape(-1), x.reshape(-1)):
+        angles = coordinate[:, None] * frequencies[None, :]
+        parts += [angles.sin(), angles.cos()]
+    return torch.cat(parts, dim=1).float()
 
 
 class ViewTokenFormat(nn.Module):
@@ -30,6 +53,7 @@ class ViewTokenFormat(nn.Module):
         row_separators: bool = False,
         tile_pool: Grid | None = None,
         tile_pool_mode: str = "bilinear",
+        grid_positions: str | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -38,6 +62,13 @@ class ViewTokenFormat(nn.Module):
             raise ValueError(
                 f"tile_pool must be a (rows, cols) grid of positive ints, got {tile_pool!r}"
             )
+        if grid_positions not in GRID_POSITIONS:
+            raise ValueError(
+                f"Unknown grid_positions {grid_positions!r}; expected one of {GRID_POSITIONS}"
+            )
+        if grid_positions == "sincos" and dim % 4:
+            raise ValueError(f"grid_positions='sincos' needs a width divisible by 4, got {dim}")
+        self.grid_positions = grid_positions
         if tile_pool_mode not in POOL_MODES:
             raise ValueError(
                 f"Unknown tile_pool_mode {tile_pool_mode!r}; expected one of {POOL_MODES}"
@@ -75,6 +106,10 @@ class ViewTokenFormat(nn.Module):
             cells = map_to_tokens(
                 F.interpolate(tokens_to_map(cells, grid), size=target, mode=self.tile_pool_mode)
             )
+        if self.grid_positions == "sincos":
+            positions = sincos_2d(target, cells.shape[-1]).to(cells.device, cells.dtype)
+            scale = cells.detach().pow(2).mean().sqrt()  # the tokens' RMS: neither drowns
+            cells = cells + positions * scale
         if self.row_separator is not None:
             rows = cells.reshape(cells.shape[0], target[0], target[1], cells.shape[-1])
             separators = self.row_separator.to(rows.dtype).expand(cells.shape[0], target[0], 1, -1)
