@@ -135,17 +135,18 @@ class SphinxModel(nn.Module):
                 f"pixels); this one has {len(self.visual.streams)}: pass views in [0, 1] instead"
             )
         encoder = next(iter(self.visual.streams.values())).encoder
-        batch = pixel_values if isinstance(pixel_values, torch.Tensor) else None
-        images = [batch] if batch is not None else list(pixel_values)
-        restored = []
-        for pixels in images:
+
+        def restore(pixels: torch.Tensor) -> torch.Tensor:
+            """Views in [0, 1], with a view axis added to HF's `[B, 3, H, W]` / `[3, H, W]`."""
             mean = torch.tensor(encoder.mean, dtype=pixels.dtype, device=pixels.device)
             std = torch.tensor(encoder.std, dtype=pixels.dtype, device=pixels.device)
-            restored.append(pixels * std.view(3, 1, 1) + mean.view(3, 1, 1))
-        if batch is not None:
-            restored_batch = restored[0]
-            return restored_batch.unsqueeze(1) if restored_batch.ndim == 4 else restored_batch
-        return [views if views.ndim == 4 else views.unsqueeze(0) for views in restored]
+            views = pixels * std.view(3, 1, 1) + mean.view(3, 1, 1)
+            one_view = views.ndim == (4 if isinstance(pixel_values, torch.Tensor) else 3)
+            return views.unsqueeze(-4) if one_view else views
+
+        if isinstance(pixel_values, torch.Tensor):
+            return restore(pixel_values)
+        return [restore(pixels) for pixels in pixel_values]
 
     def embed_inputs(
         self,

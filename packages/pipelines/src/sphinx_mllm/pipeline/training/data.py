@@ -67,6 +67,11 @@ class Example:
     length: int
     record_id: str
 
+    @property
+    def num_label_tokens(self) -> int:
+        """Positions whose next token carries a label (what `Batch.num_label_tokens` counts)."""
+        return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
+
 
 @dataclass
 class Batch:

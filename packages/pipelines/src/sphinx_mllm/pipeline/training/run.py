@@ -139,9 +139,9 @@ def demo_run_config() -> RunConfig:
     )
 
 
-def prepare_synthetic(run_dir: Path, settings: dict[str, int]) -> tuple[list, list]:
-    """Generate (once) the synthetic dataset into the run directory; the train and held-out
-    sources of every demo task, weighted."""
+def generate_synthetic(run_dir: Path, settings: dict[str, int]) -> None:
+    """Generate the synthetic dataset into the run directory, unless it is there already with
+    these settings."""
     from sphinx_mllm.data.cli import synth
 
     root = run_dir / "data"
@@ -160,6 +160,11 @@ def prepare_synthetic(run_dir: Path, settings: dict[str, int]) -> tuple[list, li
             f"{counts}; held-out: {sum(written['val'].values())}",
             flush=True,
         )
+
+
+def synthetic_sources(run_dir: Path) -> tuple[list[DataSource], list[DataSource]]:
+    """The train and held-out sources of every demo task in the run directory, weighted."""
+    root = run_dir / "data"
     train = [
         DataSource(root / "tasks" / "train" / f"{task}.jsonl", weight, root)
         for task, weight in DEMO_TASK_WEIGHTS.items()

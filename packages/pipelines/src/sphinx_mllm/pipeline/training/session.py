@@ -22,7 +22,12 @@ import yaml
 
 from sphinx_mllm.pipeline.training.data import DataSource, TrainingData
 from sphinx_mllm.pipeline.training.distributed import Distributed
-from sphinx_mllm.pipeline.training.run import RunConfig, demo_run_config, prepare_synthetic
+from sphinx_mllm.pipeline.training.run import (
+    RunConfig,
+    demo_run_config,
+    generate_synthetic,
+    synthetic_sources,
+)
 from sphinx_mllm.pipeline.training.state import list_checkpoints
 from sphinx_mllm.pipeline.training.trainer import NonFiniteLossError, Trainer
 
@@ -126,9 +131,9 @@ def run_training(
         )
     if run.synthetic is not None:
         if dist.is_main:
-            train_sources, held_out = prepare_synthetic(out, run.synthetic)
+            generate_synthetic(out, run.synthetic)
         dist.barrier()
-        train_sources, held_out = prepare_synthetic(out, run.synthetic)
+        train_sources, held_out = synthetic_sources(out)
         run.data, run.eval = train_sources, run.eval or held_out
     torch.manual_seed(run.train.seed)
     config = resolve_config(run.model)

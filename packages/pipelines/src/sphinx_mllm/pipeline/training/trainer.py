@@ -31,6 +31,7 @@ from sphinx_mllm.pipeline.training.data import TrainingData
 from sphinx_mllm.pipeline.training.distributed import Distributed, no_sync
 from sphinx_mllm.pipeline.training.state import (
     TrainerState,
+    list_checkpoints,
     load_latest_checkpoint,
     save_training_checkpoint,
 )
@@ -261,7 +262,7 @@ class Trainer:
     def _step(self, model, optimizer, scheduler, items, state: TrainerState) -> StepLog:
         started = time.perf_counter()
         examples = [self.data.example(name, item) for name, item in items]
-        total_labels = sum(_label_tokens(example.labels) for example in examples)
+        total_labels = sum(example.num_label_tokens for example in examples)
         share = len(items) // self.dist.world_size
         mine = items[self.dist.rank * share : (self.dist.rank + 1) * share]
         batch = self.data.collate(mine)
@@ -327,8 +328,6 @@ class Trainer:
         return path
 
     def _latest_checkpoint_name(self) -> str:
-        from sphinx_mllm.pipeline.training.state import list_checkpoints
-
         found = list_checkpoints(self.run_dir)
         return str(found[-1]) if found else "none (no checkpoint was written yet)"
 
@@ -365,10 +364,6 @@ class Trainer:
         from tqdm.auto import tqdm
 
         return tqdm(total=self.config.max_steps, initial=initial, desc="train", unit="step")
-
-
-def _label_tokens(labels: list[int]) -> int:
-    return sum(1 for label in labels[1:] if label != -100)
 
 
 def _to(pixels: list[torch.Tensor] | None, device: torch.device):
