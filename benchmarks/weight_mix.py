@@ -9,6 +9,7 @@ The two LLMs are mixed, theta = beta * theta_clean + (1 - beta) * theta_noisy, f
 both domains. Prints the table, writes `weight_mix.png` and `weight_mix.json` to --out.
 
     .venv/bin/python benchmarks/weight_mix.py --out runs/weight_mix [--base-steps 600]
+    .venv/bin/python benchmarks/weight_mix.py --base runs/demo/model   # the demo's model as base
 
 Baseline named in the output: the better parent (beta 0 or 1) on the union.
 """
@@ -40,7 +41,7 @@ BETAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 def make_domain(root: Path, seed: int, train: int, val: int, noisy: bool) -> Path:
     """A synthetic dataset; `noisy` restyles every image (noise sigma 40, blur radius 1)."""
     if not (root / "tasks" / "manifest.json").is_file():
-        synth(root, seed=seed, train=train, val=val, report=False)
+        synth(root, seed=seed, train=train, val=val, report=False, multi_round=True)
         if noisy:
             rng = np.random.default_rng(seed)
             for path in sorted((root / "images").rglob("*.png")):
@@ -75,6 +76,9 @@ def score(model, roots: dict[str, Path], limit: int) -> dict[str, dict[str, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/weight_mix"))
+    parser.add_argument(
+        "--base", type=Path, help="a trained demo checkpoint to start from (default: train one)"
+    )
     parser.add_argument("--base-steps", type=int, default=600)
     parser.add_argument("--domain-steps", type=int, default=300)
     parser.add_argument("--train", type=int, default=600, help="scenes per domain (train)")
@@ -89,13 +93,15 @@ def main() -> None:
         "clean": make_domain(out / "clean", 11, args.train, args.val, noisy=False),
         "noisy": make_domain(out / "noisy", 12, args.train, args.val, noisy=True),
     }
-    common = out / "common" / "model"
+    common = args.base or out / "common" / "model"
+    if args.base is not None and not (args.base / "config.yaml").is_file():
+        parser.error(f"--base {args.base}: not a model checkpoint (no config.yaml)")
     if not common.is_dir():
         torch.manual_seed(0)
         model = build_model("demo")
         base = TrainConfig(
-            stage="full", max_steps=args.base_steps, global_batch_size=32, lr=2e-3,
-            min_lr=2e-4, warmup_steps=30, clip_grad_norm=1.0, max_length=256,
+            stage="full", max_steps=args.base_steps, global_batch_size=32, lr=1.5e-3,
+            min_lr=1e-4, warmup_steps=30, clip_grad_norm=1.0, max_length=512,
         )  # fmt: skip
         seconds = train(model, roots["clean"], out / "common", base)
         model.save_pretrained(common)
@@ -108,7 +114,7 @@ def main() -> None:
             tune = TrainConfig(
                 stage="llm-only", trainable=["llm.*"], max_steps=args.domain_steps,
                 global_batch_size=32, lr=1e-3, min_lr=1e-4, warmup_steps=10,
-                clip_grad_norm=1.0, max_length=256,
+                clip_grad_norm=1.0, max_length=512,
             )  # fmt: skip
             train(model, root, out / f"finetuned_{domain}", tune)
             model.save_pretrained(target)

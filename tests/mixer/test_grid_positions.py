@@ -22,17 +22,18 @@ def test_sincos_features_encode_row_and_column():
     assert len({tuple(row.tolist()) for row in features}) == 12  # every cell differs
 
 
-def test_grid_tokens_get_the_features_scaled_to_their_rms():
+def test_grid_tokens_get_the_features_scaled_to_their_own_views_rms():
     plain = ViewTokenFormat(8, wrap_views=False)
     positioned = ViewTokenFormat(8, wrap_views=False, grid_positions="sincos")
-    tokens = torch.randn(2, 1 + 6, 8)  # a leading token and a 2x3 grid
+    tokens = torch.randn(2, 1 + 6, 8) * torch.tensor([1.0, 5.0]).view(2, 1, 1)  # 2x3 grids
     base = plain.format_grid(tokens, (2, 3), True, "global")
     out = positioned.format_grid(tokens, (2, 3), True, "global")
     torch.testing.assert_close(out[:, 0], base[:, 0])  # the leading token is left alone
-    rms = tokens[:, 1:].pow(2).mean().sqrt()
-    torch.testing.assert_close(
-        out[:, 1:] - base[:, 1:], (sincos_2d((2, 3), 8) * rms).expand(2, -1, -1)
-    )
+    for view in range(2):
+        rms = tokens[view, 1:].pow(2).mean().sqrt()
+        torch.testing.assert_close(out[view, 1:] - base[view, 1:], sincos_2d((2, 3), 8) * rms)
+    alone = positioned.format_grid(tokens[1:], (2, 3), True, "global")
+    assert torch.equal(alone[0], out[1])  # a view's tokens do not depend on its batch
 
 
 def test_bad_settings_are_refused():

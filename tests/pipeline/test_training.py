@@ -14,12 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from sphinx_mllm.pipeline.building import build_model
+from sphinx_mllm.pipeline.building import build_model, resolve_config
 from sphinx_mllm.pipeline.training.data import DataSource, TrainingData
 from sphinx_mllm.pipeline.training.state import list_checkpoints
 from sphinx_mllm.pipeline.training.trainer import NonFiniteLossError, TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
+# The demo's ResNet normalises with BatchNorm, over each micro-batch: accumulated or data-parallel
+# steps then differ from one big batch (as in any framework). The equivalence tests use the demo
+# with per-sample normalisation, which must give the same steps.
+PER_SAMPLE_NORM = {"vision.encoders.0.options.norm_layer": "layernorm2d"}
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +43,10 @@ class Crash(Exception):
     pass
 
 
-def _train(root, run, *, resume=False, crash_after=None, **settings):
+def _train(root, run, *, resume=False, crash_after=None, changes=PER_SAMPLE_NORM, **settings):
     """Losses of a run; `crash_after=k` raises after step k (its checkpoint written)."""
     torch.manual_seed(0)
-    model = build_model("demo")
+    model = build_model("demo", **changes)
     data = TrainingData.build(model, _sources(root), max_length=256)
     config = TrainConfig(
         **{"stage": "full", "max_steps": 6, "global_batch_size": 8, "lr": 1e-3, **settings}
@@ -142,7 +146,7 @@ def _run_yaml(synthetic, path, steps):
     path.write_text(
         json.dumps(
             {
-                "model": "demo",
+                "model": resolve_config("demo").replace(**PER_SAMPLE_NORM).to_dict(),
                 "data": [
                     {"path": str(synthetic / "tasks/train/vqa.jsonl"), "images": str(synthetic)},
                     {"path": str(synthetic / "tasks/train/rec.jsonl"), "images": str(synthetic)},
@@ -203,7 +207,46 @@ def test_two_gloo_processes_follow_the_single_process_loss(synthetic, tmp_path):
 
 
 def test_a_short_demo_run_reduces_the_loss(synthetic, tmp_path):
-    _, losses = _train(synthetic, tmp_path, max_steps=30, lr=3e-3, warmup_steps=3)
+    _, losses = _train(synthetic, tmp_path, max_steps=30, lr=3e-3, warmup_steps=3, changes={})
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+
+
+def test_text_only_batches_mix_into_pretraining(synthetic, tmp_path):
+    """SPHINX keeps language ability with text-only data (RefinedWeb) in pretraining: such
+    records form their own global batches, and a pretraining run steps through both kinds."""
+    text = tmp_path / "text.jsonl"
+    lines = [
+        {"id": f"t{i}", "conversations": [
+            {"from": "human", "value": f"Continue: the number {i}"},
+            {"from": "gpt", "value": f"follows {i - 1} and precedes {i + 1}."},
+        ]}
+        for i in range(16)
+    ]  # fmt: skip
+    text.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    torch.manual_seed(0)
+    model = build_model("demo")
+    sources = [*_sources(synthetic, ("vqa",)), DataSource(text, 1.0)]
+    data = TrainingData.build(model, sources, max_length=256)
+    kinds = [{name.split("/")[-1] for name, _ in items} for _, items in data.batches(4).epoch(0)]
+    assert {"text-only"} in kinds and {"image-text"} in kinds and all(len(k) == 1 for k in kinds)
+
+    projector = [p for n, p in model.named_parameters() if "visual" in n and p.requires_grad]
+    seen = []
+
+    def on_step(log):
+        seen.append(log.loss)
+
+    config = TrainConfig(stage="pretrain", max_steps=len(kinds), global_batch_size=4, lr=1e-3)
+    before = [p.detach().clone() for p in projector]
+    Trainer(model, data, config, tmp_path / "run", progress=False, on_step=on_step).train()
+    assert len(seen) == len(kinds) and all(torch.isfinite(torch.tensor(seen)))
+    assert any(not torch.equal(b, p) for b, p in zip(before, projector, strict=True))
+
+
+def test_unknown_synthetic_settings_are_named(tmp_path):
+    from sphinx_mllm.pipeline.training.run import generate_synthetic
+
+    with pytest.raises(ValueError, match=r"\['rounds'\]"):
+        generate_synthetic(tmp_path, {"seed": 0, "train": 2, "val": 1, "rounds": 4})

@@ -2,7 +2,8 @@
 and mix task files.
 
     sphinx-data build TASK --source FORMAT PATH [PATH ...] --out FILE.jsonl [--on-error skip]
-    sphinx-data synth --out DIR [--seed 0] [--train 200] [--val 50]
+    sphinx-data synth --out DIR [--seed 0] [--train 200] [--val 50] [--multi-round]
+    sphinx-data merge-rounds FILE --out FILE.jsonl [--max-rounds N]
     sphinx-data mix CONFIG.json --out FILE.jsonl
 
 Progress goes to stderr; a summary of the records written and dropped (by reason) ends each run.
@@ -21,7 +22,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from sphinx_mllm.data.mixtures import Mixture, MixtureSource, MixtureState
+from sphinx_mllm.data.multiturn import merge_rounds
 from sphinx_mllm.data.readers import AnnotationFormatError, CocoFile, Problems, read_vqav2
+from sphinx_mllm.data.readers.llava import read_llava
 from sphinx_mllm.data.registry import get_task_builder, list_task_builders
 from sphinx_mllm.data.sources import FORMATS, open_source
 from sphinx_mllm.data.synthetic import IMAGE_FILE_PATTERN, write_synthetic_dataset
@@ -69,11 +72,24 @@ def build(task: str, format_name: str, paths: list[Path], out: Path, options: di
     return builder
 
 
+MULTI_ROUND_TASKS = ("vqa", "rec", "reg")
+
+
 def synth(
-    out: Path, seed: int, train: int, val: int, *, report: bool = True, max_objects: int = 5
+    out: Path,
+    seed: int,
+    train: int,
+    val: int,
+    *,
+    report: bool = True,
+    max_objects: int = 5,
+    multi_round: bool = False,
 ) -> dict[str, dict[str, int]]:
     """Write the synthetic dataset and build every task of the demo from it, per split
-    (`report=False`: without a line per file written; `max_objects` per shape scene)."""
+    (`report=False`: without a line per file written; `max_objects` per shape scene).
+    `multi_round`: the training records of VQA, REC and REG are merged into one conversation
+    per image, as LLaVA-1.5 trains on VQAv2 and RefCOCO; held-out records stay one question
+    each, so each answer is scored alone."""
     manifest = write_synthetic_dataset(
         out, seed=seed, num_train=train, num_val=val, overwrite=True, max_objects=max_objects
     )
@@ -108,6 +124,8 @@ def synth(
             )
             builder = get_task_builder(task)(source_name="synthetic", seed=seed, **options)
             samples = (_in_split(sample, split) for sample in builder.build(source))
+            if multi_round and split == "train" and name in MULTI_ROUND_TASKS:
+                samples = merge_rounds(samples)
             written[split][name] = write_jsonl(
                 out / "tasks" / split / f"{name}.jsonl", samples, f"{split}/{name}", report=report
             )
@@ -210,6 +228,21 @@ def build_parser() -> argparse.ArgumentParser:
     synthesis.add_argument("--seed", type=int, default=0)
     synthesis.add_argument("--train", type=int, default=200)
     synthesis.add_argument("--val", type=int, default=50)
+    synthesis.add_argument(
+        "--multi-round",
+        action="store_true",
+        help="merge the training questions of an image into one conversation (VQA, REC, REG)",
+    )
+    merging = commands.add_parser(
+        "merge-rounds",
+        help="merge the one-round records of each image into multi-round conversations",
+        description="Merge records that share an image and a task into one multi-round "
+        "conversation (LLaVA-1.5's treatment of VQAv2 and RefCOCO). Example: sphinx-data "
+        "merge-rounds vqa.jsonl --out vqa_multi.jsonl --max-rounds 8",
+    )
+    merging.add_argument("input", type=Path, help="a LLaVA JSON or JSONL file")
+    merging.add_argument("--out", type=Path, required=True, help="the JSONL file to write")
+    merging.add_argument("--max-rounds", type=int, help="rounds per merged record (default: all)")
     mixing = commands.add_parser(
         "mix", help="mix task files (a JSON config of sources and weights)"
     )
@@ -235,9 +268,14 @@ def main(argv: list[str] | None = None) -> int:
             builder = build(args.task, format_name, paths, args.out, options)
             print(builder.stats.summary())
         elif args.command == "synth":
-            written = synth(args.out, args.seed, args.train, args.val)
+            written = synth(args.out, args.seed, args.train, args.val, multi_round=args.multi_round)
             for split, counts in written.items():
                 print(f"{split}: " + ", ".join(f"{task} {count}" for task, count in counts.items()))
+        elif args.command == "merge-rounds":
+            records = read_llava(args.input, Problems("raise"))
+            merged = merge_rounds(records, max_rounds=args.max_rounds)
+            count = write_jsonl(args.out, merged, args.out.name, report=False)
+            print(f"{count} records written to {args.out}")
         else:
             print(f"{mix(args.config, args.out)} records written to {args.out}")
     except (

@@ -108,7 +108,8 @@ class ViewTokenFormat(nn.Module):
             )
         if self.grid_positions == "sincos":
             positions = sincos_2d(target, cells.shape[-1]).to(cells.device, cells.dtype)
-            scale = cells.detach().pow(2).mean().sqrt()  # the tokens' RMS: neither drowns
+            # each view's own token RMS (so neither drowns, and no view depends on its batch)
+            scale = cells.detach().pow(2).mean(dim=(1, 2), keepdim=True).sqrt()
             cells = cells + positions * scale
         if self.row_separator is not None:
             rows = cells.reshape(cells.shape[0], target[0], target[1], cells.shape[-1])

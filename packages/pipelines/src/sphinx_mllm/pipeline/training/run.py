@@ -34,12 +34,14 @@ DEMO_TASK_WEIGHTS = {
     "rec": 1.0,
     "reg": 0.25,
     "grounded_caption": 0.25,
-    "detection": 0.25,
+    "detection": 0.1,
     "pose": 0.1,
     "layout": 0.1,
     "short_caption": 0.25,
 }
-DEMO_SYNTHETIC = {"seed": 0, "train": 1000, "val": 50}
+# multi_round: the training questions of an image in one conversation (LLaVA-1.5's treatment of
+# VQAv2 and RefCOCO), so one visual forward pass teaches all of them
+DEMO_SYNTHETIC = {"seed": 0, "train": 3000, "val": 50, "multi_round": 1}
 
 
 @dataclass
@@ -51,7 +53,7 @@ class RunConfig:
     eval: list[DataSource] = field(default_factory=list)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_limit: int | None = None
-    synthetic: dict[str, int] | None = None  # the demo's synthetic data (seed, train, val)
+    synthetic: dict[str, int] | None = None  # the demo's data (seed, train, val, multi_round)
 
     @classmethod
     def from_yaml_file(cls, path: Path) -> RunConfig:
@@ -124,8 +126,8 @@ def demo_run_config() -> RunConfig:
             stage="full",
             max_steps=1500,
             global_batch_size=32,
-            lr=2e-3,
-            min_lr=2e-4,
+            lr=1.5e-3,
+            min_lr=1e-4,
             warmup_steps=30,
             weight_decay=0.0,
             clip_grad_norm=1.0,
@@ -146,11 +148,26 @@ def generate_synthetic(run_dir: Path, settings: dict[str, int]) -> None:
 
     root = run_dir / "data"
     manifest = root / "tasks" / "manifest.json"
-    wanted = {"seed": settings["seed"], "train": settings["train"], "val": settings["val"]}
+    unknown = sorted(set(settings) - {"seed", "train", "val", "multi_round"})
+    if unknown:
+        raise ValueError(
+            f"Unknown synthetic setting(s) {unknown}; expected seed, train, val, multi_round"
+        )
+    wanted = {
+        "seed": settings["seed"],
+        "train": settings["train"],
+        "val": settings["val"],
+        "multi_round": int(settings.get("multi_round", 0)),
+    }
     if not manifest.is_file() or json.loads(manifest.read_text()).get("settings") != wanted:
         started = time.perf_counter()
         written = synth(
-            root, seed=wanted["seed"], train=wanted["train"], val=wanted["val"], report=False
+            root,
+            seed=wanted["seed"],
+            train=wanted["train"],
+            val=wanted["val"],
+            report=False,
+            multi_round=bool(wanted["multi_round"]),
         )
         stored = json.loads(manifest.read_text())
         manifest.write_text(json.dumps({**stored, "settings": wanted}, indent=2))
