@@ -24,25 +24,17 @@ def merge_rounds(
     records of the input in memory while grouping."""
     if max_rounds is not None and max_rounds < 1:
         raise ValueError(f"max_rounds must be at least 1 (or None for no limit), got {max_rounds}")
-    groups: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
-    order: list[tuple[str, str | None] | int] = []
-    lone: list[dict[str, Any]] = []
-    for record in records:
+    groups: dict[tuple[str | None, Any], list[dict[str, Any]]] = {}  # in first-seen order
+    for index, record in enumerate(records):
         image = record.get("image")
+        task = (record.get("meta") or {}).get("task")
+        key = (str(image), task) if image is not None else (None, index)  # no image: alone
+        groups.setdefault(key, []).append(record)
+    for (image, _), group in groups.items():
         if image is None:
-            order.append(len(lone))
-            lone.append(record)
-            continue
-        key = (str(image), (record.get("meta") or {}).get("task"))
-        if key not in groups:
-            groups[key] = []
-            order.append(key)
-        groups[key].append(record)
-    for key in order:
-        if isinstance(key, int):
-            yield lone[key]
-            continue
-        yield from _merged(groups[key], max_rounds)
+            yield group[0]
+        else:
+            yield from _merged(group, max_rounds)
 
 
 def _merged(records: list[dict[str, Any]], max_rounds: int | None) -> Iterator[dict[str, Any]]:
