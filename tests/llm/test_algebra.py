@@ -164,3 +164,48 @@ def test_text_expressions_parse_into_the_same_algebra(models):
 def test_text_expressions_refuse_anything_else(models, text, message):
     with pytest.raises(ExpressionSyntaxError, match=message):
         parse_expression(text, models, methods)
+
+
+def test_slerp_is_streamed_in_blocks_and_equals_the_whole_tensor_merge(
+    tmp_path, models, monkeypatch
+):
+    from sphinx_mllm.llm.merging import runner
+    from sphinx_mllm.llm.merging.checkpoint import ModelCheckpoint
+    from sphinx_mllm.llm.merging.methods import slerp as slerp_module
+
+    slerp = get_merge_method("slerp")
+    a, b, c = models["a"], models["b"], models["c"]
+    expressions = {
+        "plain": slerp(base=a, models=[b], t=0.3),
+        "nested": 0.5 * slerp(base=a, models=[b], t=0.3) + 0.5 * c,
+    }
+    whole = {
+        key: merged(expression, tmp_path / f"whole_{key}")
+        for key, expression in expressions.items()
+    }
+    largest_read = 0
+    original_get, original_flat = ModelCheckpoint.get, ModelCheckpoint.get_flat
+
+    def get(self, name, rows=None):
+        nonlocal largest_read
+        tensor = original_get(self, name, rows)
+        largest_read = max(largest_read, tensor.numel())
+        return tensor
+
+    def get_flat(self, name, start, stop):
+        nonlocal largest_read
+        largest_read = max(largest_read, stop - start)
+        return original_flat(self, name, start, stop)
+
+    monkeypatch.setattr(ModelCheckpoint, "get", get)
+    monkeypatch.setattr(ModelCheckpoint, "get_flat", get_flat)
+    monkeypatch.setattr(runner, "BLOCK_ELEMENTS", 100)  # row blocks of 6 rows of 16
+    monkeypatch.setattr(runner, "STREAM_ELEMENTS", 100)  # which tensors are streamed
+    monkeypatch.setattr(slerp_module, "BLOCK", 70)  # statistics blocks across row blocks
+    for key, expression in expressions.items():
+        assert expression.blockwise and not expression.elementwise
+        run_merge(MergeRecipe(expression), tmp_path / f"streamed_{key}", threads=2)
+        streamed = read_output(tmp_path / f"streamed_{key}")
+        for name, tensor in whole[key].items():
+            assert torch.equal(streamed[name], tensor), (key, name)
+    assert largest_read <= 100  # the 64 x 16 embeddings never read whole

@@ -9,9 +9,21 @@ from hypothesis import strategies as st
 from sphinx_mllm.llm import get_merge_method, list_merge_methods
 from sphinx_mllm.llm.merging.expression import TensorContext
 from sphinx_mllm.llm.merging.methods import sparsify
+from sphinx_mllm.llm.merging.methods.task_arithmetic import sum_over_models
 
 CONTEXT = TensorContext("model.layers.0.mlp.up_proj.weight", read=None, shape=None, seed=3)
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.float64])
+@pytest.mark.parametrize("models", [1, 2, 3, 5])
+def test_sum_over_models_equals_torch_sum_bit_for_bit(dtype, models):
+    generator = torch.Generator().manual_seed(models)
+    scales = torch.rand(models, 1, generator=generator) * 4
+    values = (torch.randn(models, 300_001, generator=generator) * scales).to(dtype)
+    result = sum_over_models(values)
+    assert result.dtype == dtype
+    assert torch.equal(result, values.sum(0))
 
 
 @st.composite

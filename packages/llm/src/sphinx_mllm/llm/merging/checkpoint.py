@@ -129,17 +129,34 @@ class ModelCheckpoint:
     def get(self, tensor_name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """The tensor, read now from its file; `rows` = (start, stop) reads only those rows of
         the first dimension (the elements, for a 1-D tensor)."""
+        _, _, shape = self._entry(tensor_name)
+        if rows is None:
+            return self._read(tensor_name, 0, _numel(shape), shape)
+        row = _numel(shape[1:])
+        return self._read(
+            tensor_name, rows[0] * row, rows[1] * row, (rows[1] - rows[0], *shape[1:])
+        )
+
+    def get_flat(self, tensor_name: str, start: int, stop: int) -> torch.Tensor:
+        """Elements `[start, stop)` of the flattened tensor, as a 1-D tensor."""
+        self._entry(tensor_name)
+        return self._read(tensor_name, start, stop, (stop - start,))
+
+    def _entry(self, tensor_name: str) -> tuple[Path, torch.dtype, tuple[int, ...]]:
         if tensor_name not in self._entries:
             raise KeyError(f"{self.name} has no tensor {tensor_name!r}")
-        file, dtype, shape = self._entries[tensor_name]
+        return self._entries[tensor_name]
+
+    def _read(
+        self, tensor_name: str, start: int, stop: int, shape: tuple[int, ...]
+    ) -> torch.Tensor:
+        """Elements `[start, stop)` of the flattened tensor, in `shape`."""
+        file, dtype, _ = self._entries[tensor_name]
         if tensor_name in self._pickled:
-            tensor = self._pickled[tensor_name]
-            return tensor if rows is None else tensor[rows[0] : rows[1]]
+            return self._pickled[tensor_name].reshape(-1)[start:stop].reshape(shape)
         offset, size = self._locations[tensor_name]
-        if rows is not None:
-            row_bytes = size // shape[0] if shape and shape[0] else 0
-            offset, size = offset + rows[0] * row_bytes, (rows[1] - rows[0]) * row_bytes
-            shape = (rows[1] - rows[0], *shape[1:])
+        element = torch.empty((), dtype=dtype).element_size()
+        offset, size = offset + start * element, (stop - start) * element
         tensor = torch.empty(shape, dtype=dtype)
         if size:
             buffer = tensor.reshape(-1).view(torch.uint8).numpy()
@@ -160,3 +177,10 @@ class ModelCheckpoint:
                 for block in iter(lambda: handle.read(1 << 24), b""):
                     digest.update(block)
         return digest.hexdigest()
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from sphinx_mllm.core.weight_files import CheckpointError
+from sphinx_mllm.llm.merging.allocator import reuse_freed_memory
 from sphinx_mllm.llm.merging.config import ConfigError, load_config
 from sphinx_mllm.llm.merging.expression import Expression, LinearCombination, MethodCall
 from sphinx_mllm.llm.merging.plan import MergePlanError
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.ranking is not None:
             set_parameter(recipe.expression, "ranking", args.ranking)
         torch.set_num_threads(max(1, args.threads))
+        reuse_freed_memory()
         if args.dry_run:
             checkpoints = open_models(recipe, args.allow_pickle)
             print(describe_plan(make_plan(recipe, checkpoints), recipe, args.threads))

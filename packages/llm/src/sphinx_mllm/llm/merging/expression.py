@@ -32,8 +32,15 @@ class TensorContext:
     compute_dtype: torch.dtype = torch.float32
     seed: int = 0
     num_layers: int | None = None
-    shape: tuple[int, ...] | None = None  # the output tensor's shape
+    shape: tuple[int, ...] | None = None  # the output tensor's shape (or this block's)
     cache: dict[int, torch.Tensor] = field(default_factory=dict)
+    # The statistics of blockwise method calls over the whole tensor, by id (see `prepare`)
+    prepared: dict[int, Any] = field(default_factory=dict)
+
+
+FlatContexts = Callable[[int, int], TensorContext]
+"""`flat(start, stop)`: a context whose reads give elements [start, stop) of the flattened
+tensors (and shares the `prepared` statistics of the whole tensor's context)."""
 
 
 class Expression(ABC):
@@ -60,6 +67,17 @@ class Expression(ABC):
         """True when each output element depends only on the same element of the inputs, so a
         tensor can be computed block of rows by block of rows (bit-identical, less memory)."""
         return False
+
+    @property
+    def blockwise(self) -> bool:
+        """True when, once `prepare` has gathered its statistics over the whole tensor, the
+        tensor can be computed block of rows by block of rows like an elementwise one."""
+        return self.elementwise
+
+    def prepare(self, context: TensorContext, flat: FlatContexts) -> None:
+        """Gather into `context.prepared` the whole-tensor statistics that the blockwise method
+        calls in this expression need (reading the inputs through `flat`); leaves have none."""
+        return
 
     def problems(self, reference: Any) -> list[str]:
         """Problems with inputs that are not model leaves (checked against the reference)."""
@@ -162,6 +180,15 @@ class LinearCombination(Expression):
     def elementwise(self) -> bool:
         return all(term.elementwise for _, term in self.terms)
 
+    @property
+    def blockwise(self) -> bool:
+        return all(term.blockwise for _, term in self.terms)
+
+    def prepare(self, context: TensorContext, flat: FlatContexts) -> None:
+        for coefficient, term in self.terms:
+            if coefficient != 0.0 and term.contributes(context.name):
+                term.prepare(context, flat)
+
     def problems(self, reference: Any) -> list[str]:
         return [problem for _, term in self.terms for problem in term.problems(reference)]
 
@@ -210,16 +237,32 @@ class MethodCall(Expression):
         for model in self.inputs:
             yield from model.models()
 
+    def _all_inputs(self) -> list[Expression]:
+        return [*([self.base] if self.base is not None else []), *self.inputs]
+
     @property
     def elementwise(self) -> bool:
-        inputs = [*([self.base] if self.base is not None else []), *self.inputs]
         return bool(getattr(self.method, "elementwise", False)) and all(
-            i.elementwise for i in inputs
+            i.elementwise for i in self._all_inputs()
         )
 
+    @property
+    def blockwise(self) -> bool:
+        method_ok = getattr(self.method, "elementwise", False) or getattr(
+            self.method, "blockwise", False
+        )
+        return bool(method_ok) and all(i.blockwise for i in self._all_inputs())
+
+    def prepare(self, context: TensorContext, flat: FlatContexts) -> None:
+        for item in self._all_inputs():
+            item.prepare(context, flat)
+        if not getattr(self.method, "elementwise", False):
+            context.prepared[id(self)] = self.method.prepare(self, context, flat)
+
     def problems(self, reference: Any) -> list[str]:
-        inputs = [*([self.base] if self.base is not None else []), *self.inputs]
-        return [problem for item in inputs for problem in item.problems(reference)]
+        return [problem for item in self._all_inputs() for problem in item.problems(reference)]
 
     def evaluate(self, context: TensorContext) -> torch.Tensor:
+        if id(self) in context.prepared:
+            return self.method.apply_block(self, context, context.prepared[id(self)])
         return self.method.apply(self, context)

@@ -34,7 +34,8 @@ from sphinx_mllm.llm.merging.writer import (
 
 DEFAULT_SHARD_BYTES = 5 * 1024**3
 BLOCK_ELEMENTS = 1 << 20  # elementwise merges work through tensors in blocks of this size
-IN_FLIGHT_ELEMENTS = 1 << 25  # elements of whole tensors computed at once (see _write)
+STREAM_ELEMENTS = 1 << 20  # blockwise merges stream tensors larger than this
+IN_FLIGHT_ELEMENTS = 1 << 27  # elements of whole tensors and their inputs at once (_write)
 COMPUTE_DTYPES = (torch.float32, torch.float64)
 
 
@@ -187,12 +188,27 @@ def _write(
         for shard, name in zip(shards, names, strict=True)
     )
     writer = next(writers)
-    streamed = recipe.expression.elementwise
-    # Whole tensors in flight at once hold at most this many elements (but always one): the
-    # largest tensors (embeddings) are then computed alone, the small ones several at a time.
-    budget = max(IN_FLIGHT_ELEMENTS, *(_numel(t.shape) for t in ordered)) if ordered else 0
+    elementwise, blockwise = recipe.expression.elementwise, recipe.expression.blockwise
+
+    def streamed(tensor: TensorPlan) -> bool:
+        """Whether the tensor is computed in row blocks: copies and elementwise merges always;
+        blockwise ones (which read their inputs again for their statistics) when large."""
+        if tensor.fate == "copy" or elementwise:
+            return True
+        return blockwise and _numel(tensor.shape) > STREAM_ELEMENTS
+
+    # Whole tensors in flight at once, each counted with a copy per input model, hold at most
+    # this many elements (but always one): the largest tensors (embeddings) are then computed
+    # alone, the small ones several at a time.
+    copies = len(unique_models(recipe.expression)) + 1
+
+    def weight(tensor: TensorPlan) -> int:
+        return _numel(tensor.shape) * copies
+
+    budget = max(IN_FLIGHT_ELEMENTS, *(weight(t) for t in ordered)) if ordered else 0
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        pending: deque[tuple[TensorPlan, Future | None]] = deque()
+        # (tensor, its whole value or None, the statistics of a streamed blockwise merge)
+        pending: deque[tuple[TensorPlan, Future | None, Future | None]] = deque()
         upcoming = deque(ordered)
         in_flight = 0
 
@@ -200,26 +216,30 @@ def _write(
             nonlocal in_flight
             while upcoming and len(pending) <= threads:
                 tensor = upcoming[0]
-                whole = not (tensor.fate == "copy" or streamed)
-                if whole and pending and in_flight + _numel(tensor.shape) > budget:
+                whole = not streamed(tensor)
+                if whole and pending and in_flight + weight(tensor) > budget:
                     return
                 upcoming.popleft()
                 if whole:
-                    in_flight += _numel(tensor.shape)
-                    pending.append((tensor, pool.submit(_compute, plan, recipe, tensor, None)))
+                    in_flight += weight(tensor)
+                    future = pool.submit(_compute, plan, recipe, tensor, None)
+                    pending.append((tensor, future, None))
+                elif tensor.fate == "merge" and not elementwise:
+                    pending.append((tensor, None, pool.submit(_prepare, plan, recipe, tensor)))
                 else:
-                    pending.append((tensor, None))
+                    pending.append((tensor, None, None))
 
         fill()
         while pending:
-            tensor, future = pending.popleft()
+            tensor, future, statistics = pending.popleft()
             if writer.done:
                 writer = next(writers)
             if future is None:
-                parts = _row_blocks(plan, recipe, tensor, pool, threads + 1)
+                prepared = statistics.result() if statistics is not None else {}
+                parts = _row_blocks(plan, recipe, tensor, pool, threads + 1, prepared)
             else:
                 parts = [future.result()]
-                in_flight -= _numel(tensor.shape)
+                in_flight -= weight(tensor)
             writer.write(tensor.name, parts)
             if progress is not None:
                 progress(1)
@@ -235,10 +255,16 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def _row_blocks(
-    plan: MergePlan, recipe: MergeRecipe, tensor: TensorPlan, pool: ThreadPoolExecutor, ahead: int
+    plan: MergePlan,
+    recipe: MergeRecipe,
+    tensor: TensorPlan,
+    pool: ThreadPoolExecutor,
+    ahead: int,
+    prepared: dict[int, Any],
 ) -> Iterator[torch.Tensor]:
     """The tensor in consecutive blocks of about BLOCK_ELEMENTS elements, computed by the pool
-    `ahead` blocks in front of the caller (who writes them meanwhile)."""
+    `ahead` blocks in front of the caller (who writes them meanwhile); `prepared` holds the
+    statistics of its blockwise method calls (see `_prepare`)."""
     shape = tensor.shape
     row = 1
     for dim in shape[1:]:
@@ -248,45 +274,94 @@ def _row_blocks(
         return
     step = max(1, BLOCK_ELEMENTS // max(1, row))
     ranges = iter([(start, min(shape[0], start + step)) for start in range(0, shape[0], step)])
-    blocks = deque(
-        pool.submit(_compute, plan, recipe, tensor, rows) for rows in islice(ranges, ahead)
-    )
+
+    def submit(rows: tuple[int, int]) -> Future:
+        return pool.submit(_compute, plan, recipe, tensor, rows, prepared)
+
+    blocks = deque(submit(rows) for rows in islice(ranges, ahead))
     while blocks:
         block = blocks.popleft().result()
         following = next(ranges, None)
         if following is not None:
-            blocks.append(pool.submit(_compute, plan, recipe, tensor, following))
+            blocks.append(submit(following))
         yield block
 
 
+def _prepare(plan: MergePlan, recipe: MergeRecipe, tensor: TensorPlan) -> dict[int, Any]:
+    """The statistics over the whole tensor that its blockwise method calls need before it can
+    be computed block by block, gathered by reading the inputs in flat ranges."""
+    prepared: dict[int, Any] = {}
+    whole = _context(plan, recipe, tensor, tensor.shape, _reader(plan, recipe, tensor), prepared)
+
+    def flat(start: int, stop: int) -> TensorContext:
+        read = _reader(plan, recipe, tensor, elements=(start, stop))
+        return _context(plan, recipe, tensor, (stop - start,), read, prepared)
+
+    recipe.expression.prepare(whole, flat)
+    return prepared
+
+
 def _compute(
-    plan: MergePlan, recipe: MergeRecipe, tensor: TensorPlan, rows: tuple[int, int] | None
+    plan: MergePlan,
+    recipe: MergeRecipe,
+    tensor: TensorPlan,
+    rows: tuple[int, int] | None,
+    prepared: dict[int, Any] | None = None,
 ) -> torch.Tensor:
     shape = tensor.shape if rows is None else (rows[1] - rows[0], *tensor.shape[1:])
     if tensor.fate == "copy":
         return plan.models[tensor.source].get(tensor.name, rows).to(tensor.out_dtype)
-    compute = recipe.compute_dtype or _promoted_dtype(plan, recipe, tensor.name)
-
-    def read(model: Model, name: str | None = None) -> torch.Tensor:
-        value = plan.models[model.name].get(name or tensor.name, rows)
-        if recipe.load_dtype is not None:
-            value = value.to(recipe.load_dtype)
-        return value.to(compute)
-
-    context = TensorContext(
-        name=tensor.name,
-        read=read,
-        compute_dtype=compute,
-        seed=recipe.seed,
-        num_layers=plan.num_layers,
-        shape=shape,
-    )
+    read = _reader(plan, recipe, tensor, rows=rows)
+    context = _context(plan, recipe, tensor, shape, read, prepared or {})
     value = recipe.expression.evaluate(context)
     if tuple(value.shape) != shape:
         raise RuntimeError(
             f"The merge gave {tensor.name!r} the shape {tuple(value.shape)}, expected {shape}"
         )
     return value.to(tensor.out_dtype)
+
+
+def _reader(
+    plan: MergePlan,
+    recipe: MergeRecipe,
+    tensor: TensorPlan,
+    rows: tuple[int, int] | None = None,
+    elements: tuple[int, int] | None = None,
+) -> Callable[..., torch.Tensor]:
+    """`read(model, name=None)`: an input tensor (its `rows`, or a flat range of `elements`),
+    cast to `load_dtype` if set, then to the compute dtype."""
+    compute = recipe.compute_dtype or _promoted_dtype(plan, recipe, tensor.name)
+
+    def read(model: Model, name: str | None = None) -> torch.Tensor:
+        checkpoint = plan.models[model.name]
+        if elements is None:
+            value = checkpoint.get(name or tensor.name, rows)
+        else:
+            value = checkpoint.get_flat(name or tensor.name, *elements)
+        if recipe.load_dtype is not None:
+            value = value.to(recipe.load_dtype)
+        return value.to(compute)
+
+    return read
+
+
+def _context(
+    plan: MergePlan,
+    recipe: MergeRecipe,
+    tensor: TensorPlan,
+    shape: tuple[int, ...],
+    read: Callable[..., torch.Tensor],
+    prepared: dict[int, Any],
+) -> TensorContext:
+    return TensorContext(
+        name=tensor.name,
+        read=read,
+        compute_dtype=recipe.compute_dtype or _promoted_dtype(plan, recipe, tensor.name),
+        seed=recipe.seed,
+        num_layers=plan.num_layers,
+        shape=shape,
+        prepared=prepared,
+    )
 
 
 def _promoted_dtype(plan: MergePlan, recipe: MergeRecipe, name: str) -> torch.dtype:

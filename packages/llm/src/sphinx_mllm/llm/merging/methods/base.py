@@ -21,7 +21,12 @@ from typing import Any, Literal
 
 import torch
 
-from sphinx_mllm.llm.merging.expression import Expression, MethodCall, TensorContext
+from sphinx_mllm.llm.merging.expression import (
+    Expression,
+    FlatContexts,
+    MethodCall,
+    TensorContext,
+)
 from sphinx_mllm.llm.merging.parameters import resolve
 
 REQUIRED = object()
@@ -47,6 +52,8 @@ class MergeMethod(ABC):
     min_models: int = 1
     max_models: int | None = None
     elementwise: bool = False  # each output element from the same input elements only
+    # Computed in blocks after `prepare` has gathered statistics over the whole tensor
+    blockwise: bool = False
 
     def __repr__(self) -> str:
         return f"<merge method {self.name}>"
@@ -138,6 +145,18 @@ class MergeMethod(ABC):
 
     def apply(self, call: MethodCall, context: TensorContext) -> torch.Tensor:
         """Evaluate a call of this method for the context's tensor."""
+        base, tensors, model_params, params = self._arguments(call, context)
+        return self.merge(base, tensors, model_params, params, context)
+
+    def apply_block(self, call: MethodCall, context: TensorContext, state: Any) -> torch.Tensor:
+        """Evaluate a call of a blockwise method for the context's block, given the state its
+        `prepare` returned for the whole tensor."""
+        base, tensors, model_params, params = self._arguments(call, context)
+        return self.merge_block(state, base, tensors, model_params, params)
+
+    def _arguments(
+        self, call: MethodCall, context: TensorContext
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor], list[dict[str, Any]], dict[str, Any]]:
         base = call.base.evaluate(context) if call.base is not None else None
         tensors = [model.evaluate(context) for model in call.inputs]
         params = {
@@ -148,7 +167,24 @@ class MergeMethod(ABC):
             {name: resolve(v, context.name, context.num_layers) for name, v in entry.items()}
             for entry in call.model_parameters
         ]
-        return self.merge(base, tensors, model_params, params, context)
+        return base, tensors, model_params, params
+
+    def prepare(self, call: MethodCall, context: TensorContext, flat: FlatContexts) -> Any:
+        """For a blockwise method: the statistics of the whole tensor that `merge_block` needs,
+        from the inputs read in flat ranges: `flat(start, stop)` is a context to evaluate
+        `call.base` and `call.inputs` in."""
+        raise NotImplementedError(f"Merge method {self.name!r} is not blockwise")
+
+    def merge_block(
+        self,
+        state: Any,
+        base: torch.Tensor | None,
+        tensors: list[torch.Tensor],
+        model_params: list[dict[str, Any]],
+        params: dict[str, Any],
+    ) -> torch.Tensor:
+        """For a blockwise method: one block of the output from the same block of the inputs."""
+        raise NotImplementedError(f"Merge method {self.name!r} is not blockwise")
 
     @abstractmethod
     def merge(

@@ -5,19 +5,21 @@ The angle comes from the normalised vectors; the raw vectors are interpolated wi
 `sin((1 - t) omega) / sin omega` and `sin(t omega) / sin omega`; nearly parallel (or
 anti-parallel) vectors, `|cos| > 0.9995`, fall back to linear interpolation. In at least float32,
 in blocks of 2**20 elements as mergekit 0.1.5 does (the norm is the norm of the blocks' norms,
-the dot product the sum of the blocks' sums), which gives its results bit for bit and bounds the
-float32 scratch memory whatever the tensor's size.
+the dot product the sum of the blocks' sums), which gives its results bit for bit; two reused
+block buffers are all the float32 scratch memory, whatever the tensor's size.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-from sphinx_mllm.llm.merging.expression import TensorContext
+from sphinx_mllm.llm.merging.expression import FlatContexts, MethodCall, TensorContext
 from sphinx_mllm.llm.merging.methods.base import REQUIRED, MergeMethod, MethodParameter
 from sphinx_mllm.llm.merging.methods.linear import accumulation_dtype
+from sphinx_mllm.llm.merging.parameters import resolve
 
 PARALLEL_THRESHOLD = 0.9995
 NORM_EPSILON = 1e-8
@@ -29,6 +31,7 @@ class Slerp(MergeMethod):
     summary = "Spherical interpolation from the base (t = 0) to the other model (t = 1)"
     base_model = "required"
     min_models = max_models = 1
+    blockwise = True  # the angle from the whole tensors first, then block by block
     parameters = (MethodParameter("t", REQUIRED, help="interpolation factor, 0 = base"),)
 
     def merge(
@@ -39,41 +42,97 @@ class Slerp(MergeMethod):
         params: dict[str, Any],
         context: TensorContext,
     ) -> torch.Tensor:
-        dtype = accumulation_dtype(base.dtype)
-        a, b = base.reshape(1, -1), tensors[0].reshape(1, -1)  # mergekit's [outputs, elements]
-        t = torch.tensor(float(params["t"]), dtype=torch.float32).reshape(-1, 1).to(dtype)
-        if a.shape[1] == 0:
-            return ((1 - t) * a + t * b).to(base.dtype).reshape(base.shape)
-        starts = range(0, a.shape[1], BLOCK)
+        a, b = base.reshape(-1), tensors[0].reshape(-1)
+        scales = _scales(lambda start, stop: (a[start:stop], b[start:stop]), a.numel(), params)
+        return _interpolate(scales, a, b).reshape(base.shape)
 
-        def block(x: torch.Tensor, start: int) -> torch.Tensor:
-            return x[:, start : start + BLOCK].to(dtype)
+    def prepare(self, call: MethodCall, context: TensorContext, flat: FlatContexts) -> Any:
+        def read(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+            block = flat(start, stop)
+            return call.base.evaluate(block), call.inputs[0].evaluate(block)
 
-        norm_a = _norm_of_norms(
-            [torch.linalg.vector_norm(block(a, s), dim=1, keepdim=True) for s in starts]
-        )
-        norm_b = _norm_of_norms(
-            [torch.linalg.vector_norm(block(b, s), dim=1, keepdim=True) for s in starts]
-        )
-        dots = [
-            ((block(a, s) / norm_a) * (block(b, s) / norm_b)).sum(dim=1, keepdim=True)
-            for s in starts
-        ]
-        dot = torch.stack(dots).sum(dim=0).clamp(-1, 1)
-        linear = dot.abs() > PARALLEL_THRESHOLD
-        omega = torch.acos(torch.where(linear, 0, dot))
-        sine = torch.sin(omega)
-        scale_a = torch.where(linear, 1 - t, torch.sin((1 - t) * omega) / sine)
-        scale_b = torch.where(linear, t, torch.sin(t * omega) / sine)
-        result = torch.empty_like(a)
-        for s in starts:
-            result[:, s : s + BLOCK] = scale_a * block(a, s) + scale_b * block(b, s)
-        return result.reshape(base.shape)
+        params = {"t": resolve(call.parameters["t"], context.name, context.num_layers)}
+        return _scales(read, _numel(context.shape), params)
+
+    def merge_block(
+        self,
+        state: Any,
+        base: torch.Tensor | None,
+        tensors: list[torch.Tensor],
+        model_params: list[dict[str, Any]],
+        params: dict[str, Any],
+    ) -> torch.Tensor:
+        return _interpolate(state, base, tensors[0]).reshape(base.shape)
+
+
+_Read = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _scales(read: _Read, numel: int, params: dict[str, Any]) -> tuple[float, float, torch.dtype]:
+    """The factors of a and b for the whole flat tensors, which `read(start, stop)` gives block
+    by block (twice: the norms, then the dot product of the normalised vectors), and the
+    accumulation dtype."""
+    a, _ = read(0, 0)  # no elements: only the dtype
+    dtype = accumulation_dtype(a.dtype)
+    t = torch.tensor(float(params["t"]), dtype=torch.float32).to(dtype)
+    if numel == 0:
+        return float(1 - t), float(t), dtype
+    blocks = _Blocks(read, numel, dtype)
+    norms = [(torch.linalg.vector_norm(x), torch.linalg.vector_norm(y)) for x, y in blocks]
+    norm_a, norm_b = (_norm_of_norms(list(column)) for column in zip(*norms, strict=True))
+    dots = [x.div_(norm_a).mul_(y.div_(norm_b)).sum() for x, y in blocks]
+    dot = torch.stack(dots).sum().clamp(-1, 1)
+    linear = dot.abs() > PARALLEL_THRESHOLD
+    omega = torch.acos(torch.where(linear, 0, dot))
+    sine = torch.sin(omega)
+    scale_a = torch.where(linear, 1 - t, torch.sin((1 - t) * omega) / sine)
+    scale_b = torch.where(linear, t, torch.sin(t * omega) / sine)
+    return float(scale_a), float(scale_b), dtype
+
+
+def _interpolate(
+    scales: tuple[float, float, torch.dtype], a: torch.Tensor, b: torch.Tensor
+) -> torch.Tensor:
+    """`scale_a * a + scale_b * b` in the accumulation dtype, rounded to a's dtype; flat."""
+    scale_a, scale_b, dtype = scales
+    a, b = a.reshape(-1), b.reshape(-1)
+    result = torch.empty_like(a)
+    blocks = _Blocks(lambda start, stop: (a[start:stop], b[start:stop]), a.numel(), dtype)
+    for start, (x, y) in zip(blocks.starts, blocks, strict=True):
+        result[start : start + BLOCK] = x.mul_(scale_a).add_(y.mul_(scale_b))
+    return result
+
+
+class _Blocks:
+    """Blocks of BLOCK elements of the two flat inputs, each copied into one of two reused
+    buffers in the accumulation dtype (valid until the next block: the caller may work in them
+    in place)."""
+
+    def __init__(self, read: _Read, numel: int, dtype: torch.dtype) -> None:
+        self.read = read
+        self.numel = numel
+        self.starts = range(0, numel, BLOCK)
+        size = min(numel, BLOCK)
+        self.buffers = torch.empty(size, dtype=dtype), torch.empty(size, dtype=dtype)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        x, y = self.buffers
+        for start in self.starts:
+            stop = min(start + BLOCK, self.numel)
+            a, b = self.read(start, stop)
+            yield x[: stop - start].copy_(a.reshape(-1)), y[: stop - start].copy_(b.reshape(-1))
 
 
 def _norm_of_norms(norms: list[torch.Tensor]) -> torch.Tensor:
-    norm = torch.linalg.vector_norm(torch.stack(norms), dim=0)
+    norm = torch.linalg.vector_norm(torch.stack(norms))
     return torch.where(norm > NORM_EPSILON, norm, 1)
 
 
 slerp = Slerp()
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count

@@ -107,7 +107,9 @@ class GeneralizedTaskArithmetic(MergeMethod):
             return base
         deltas = base.new_empty((len(tensors), *base.shape))
         for index, (tensor, settings) in enumerate(zip(tensors, model_params, strict=True)):
-            deltas[index] = self._sparsify(tensor - base, settings, params, context, index)
+            torch.sub(tensor, base, out=deltas[index])
+            if self.sparsifier is not None:
+                deltas[index] = self._sparsify(deltas[index], settings, params, context, index)
         weights = torch.tensor(
             [settings["weight"] for settings in model_params], dtype=deltas.dtype
         )
@@ -135,18 +137,31 @@ class GeneralizedTaskArithmetic(MergeMethod):
             kept = sparsify.magnitude(delta, density, params["ranking"])
         elif self.sparsifier == "magnitude_outliers":
             kept = sparsify.magnitude_outliers(delta, density, settings["gamma"], params["ranking"])
-        elif self.sparsifier == "random":
+        else:  # "random"
             kept = sparsify.random_drop(delta, density, tensor_generator(context, f"dare/{index}"))
-        else:
-            return delta
         if params["rescale"]:
             return sparsify.rescale(delta, kept, density, params["rescale_by"])
         return kept.to(delta.dtype)
 
 
+def sum_over_models(values: torch.Tensor) -> torch.Tensor:
+    """`values.sum(0)`, the same numbers several times faster for 16-bit values: for those,
+    torch's reduction over the first dimension accumulates model by model in float32 and rounds
+    once, which is done here without its slow strided kernel (for two models, one 16-bit add
+    computes exactly that: the float32 sum, rounded once)."""
+    if values.element_size() != 2:
+        return values.sum(0)
+    if len(values) == 2:
+        return values[0] + values[1]
+    total = values[0].to(torch.float32, copy=True)
+    for value in values[1:]:
+        total.add_(value)
+    return total.to(values.dtype)
+
+
 def _agreeing(deltas: torch.Tensor) -> torch.Tensor:
     """Entries whose sign is the elected one: the sign of the sum (a tie elects +)."""
-    majority = (deltas.sum(0) >= 0).to(deltas.dtype) * 2 - 1
+    majority = (sum_over_models(deltas) >= 0).to(deltas.dtype) * 2 - 1
     return deltas.sign() == majority
 
 
@@ -154,8 +169,8 @@ def _agreeing_mean(
     weighted: torch.Tensor, weights: torch.Tensor, agree: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of the agreeing weighted entries and the sum of their weights (0 -> 1)."""
-    mixed = (weighted * agree).sum(0)
-    divisor = (weights * agree).sum(0)
+    mixed = sum_over_models(weighted * agree)
+    divisor = sum_over_models(weights * agree)
     divisor[divisor == 0] = 1
     return mixed, divisor
 
@@ -163,7 +178,7 @@ def _agreeing_mean(
 def _plain_sum(deltas: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     divisor = weights.sum(0)
     divisor[divisor.abs() < 1e-8] = 1
-    return deltas.sum(0), divisor
+    return sum_over_models(deltas), divisor
 
 
 task_arithmetic = GeneralizedTaskArithmetic(
