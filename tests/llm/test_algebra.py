@@ -166,18 +166,25 @@ def test_text_expressions_refuse_anything_else(models, text, message):
         parse_expression(text, models, methods)
 
 
-def test_slerp_is_streamed_in_blocks_and_equals_the_whole_tensor_merge(
+def test_blockwise_merges_stream_in_blocks_and_equal_the_whole_tensor_merge(
     tmp_path, models, monkeypatch
 ):
     from sphinx_mllm.llm.merging import runner
     from sphinx_mllm.llm.merging.checkpoint import ModelCheckpoint
     from sphinx_mllm.llm.merging.methods import slerp as slerp_module
+    from sphinx_mllm.llm.merging.methods import task_arithmetic
 
     slerp = get_merge_method("slerp")
     a, b, c = models["a"], models["b"], models["c"]
+    breadcrumbs = get_merge_method("breadcrumbs")
+    select = {"ranking": "select"}
     expressions = {
-        "plain": slerp(base=a, models=[b], t=0.3),
+        "slerp": slerp(base=a, models=[b], t=0.3),
         "nested": 0.5 * slerp(base=a, models=[b], t=0.3) + 0.5 * c,
+        "ties": ties(base=a, models=[b, c], weight=[0.6, 0.4], density=0.3, **select),
+        "breadcrumbs": breadcrumbs(base=a, models=[b, c], weight=0.5, density=0.6, **select),
+        "ties in a sum": 0.5 * ties(base=a, models=[b, c], weight=0.5, density=0.5, **select)
+        + 0.5 * slerp(base=c, models=[a], t=0.7),
     }
     whole = {
         key: merged(expression, tmp_path / f"whole_{key}")
@@ -202,6 +209,7 @@ def test_slerp_is_streamed_in_blocks_and_equals_the_whole_tensor_merge(
     monkeypatch.setattr(runner, "BLOCK_ELEMENTS", 100)  # row blocks of 6 rows of 16
     monkeypatch.setattr(runner, "STREAM_ELEMENTS", 100)  # which tensors are streamed
     monkeypatch.setattr(slerp_module, "BLOCK", 70)  # statistics blocks across row blocks
+    monkeypatch.setattr(task_arithmetic, "PREPARE_BLOCK", 50)
     for key, expression in expressions.items():
         assert expression.blockwise and not expression.elementwise
         run_merge(MergeRecipe(expression), tmp_path / f"streamed_{key}", threads=2)

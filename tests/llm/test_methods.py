@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from sphinx_mllm.llm import get_merge_method, list_merge_methods
 from sphinx_mllm.llm.merging.expression import TensorContext
-from sphinx_mllm.llm.merging.methods import sparsify
+from sphinx_mllm.llm.merging.methods import rank_cut, sparsify
 from sphinx_mllm.llm.merging.methods.task_arithmetic import sum_over_models
 
 CONTEXT = TensorContext("model.layers.0.mlp.up_proj.weight", read=None, shape=None, seed=3)
@@ -42,6 +42,27 @@ def test_selection_ranks_exactly_as_a_stable_sort(delta, low_fraction, width_fra
     expected = torch.zeros(count, dtype=torch.bool)
     expected[torch.sort(delta.abs().float(), stable=True).indices[low:high]] = True
     assert torch.equal(sparsify._rank_range_mask(delta, low, high), expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(tied_tensors(), st.floats(0, 1), st.floats(0, 1), st.integers(1, 40), st.booleans())
+def test_rank_cut_over_blocks_equals_the_stable_sort(
+    delta, low_fraction, width_fraction, size, wide
+):
+    delta = delta.double() if wide else delta  # float64: four radix passes
+    count = delta.numel()
+    low = int(low_fraction * count)
+    high = low + int(width_fraction * (count - low))
+    keys = rank_cut.magnitude_keys(delta)
+    blocks = list(keys.split(size))
+    cut = rank_cut.find_rank_cut(lambda: iter(blocks), count, low, high, delta.element_size())
+    offsets = [0, *torch.tensor([len(b) for b in blocks]).cumsum(0).tolist()[:-1]]
+    mask = torch.cat(
+        [cut.mask(block, offset) for block, offset in zip(blocks, offsets, strict=True)]
+    )
+    expected = torch.zeros(count, dtype=torch.bool)
+    expected[torch.sort(delta.abs(), stable=True).indices[low:high]] = True
+    assert torch.equal(mask, expected)
 
 
 @settings(max_examples=200, deadline=None)

@@ -33,6 +33,7 @@ class TensorContext:
     seed: int = 0
     num_layers: int | None = None
     shape: tuple[int, ...] | None = None  # the output tensor's shape (or this block's)
+    offset: int = 0  # the flat index, in the whole tensor, of this block's first element
     cache: dict[int, torch.Tensor] = field(default_factory=dict)
     # The statistics of blockwise method calls over the whole tensor, by id (see `prepare`)
     prepared: dict[int, Any] = field(default_factory=dict)
@@ -248,10 +249,7 @@ class MethodCall(Expression):
 
     @property
     def blockwise(self) -> bool:
-        method_ok = getattr(self.method, "elementwise", False) or getattr(
-            self.method, "blockwise", False
-        )
-        return bool(method_ok) and all(i.blockwise for i in self._all_inputs())
+        return self.method.is_blockwise(self) and all(i.blockwise for i in self._all_inputs())
 
     def prepare(self, context: TensorContext, flat: FlatContexts) -> None:
         for item in self._all_inputs():

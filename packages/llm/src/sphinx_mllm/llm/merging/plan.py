@@ -12,7 +12,7 @@ have) is collected into one `MergePlanError` naming the tensor and the model.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -67,10 +67,17 @@ class MergePlan:
             OutputTensor(t.name, t.out_dtype, t.shape) for t in self.tensors if t.fate != "skip"
         ]
 
-    def peak_bytes(self, compute_dtype: torch.dtype, workers: int = 1) -> int:
-        """An estimate of the merge's working memory: for the largest merged tensor, one copy
-        of it per input model in the compute dtype, two for the method's temporaries and one in
-        the output dtype, times the tensors computed at once."""
+    def peak_bytes(
+        self,
+        compute_dtype: torch.dtype,
+        workers: int = 1,
+        streamed: Callable[[TensorPlan], bool] | None = None,
+        block_elements: int = 0,
+    ) -> int:
+        """An estimate of the merge's working memory: for the largest merged tensor (or block of
+        one, for a tensor `streamed` says is computed in blocks of `block_elements`), one copy of
+        it per input model in the compute dtype, two for the method's temporaries and one in the
+        output dtype, times the tensors (or blocks) computed at once."""
         compute_bytes = torch.empty((), dtype=compute_dtype).element_size()
         largest = 0
         for tensor in self.tensors:
@@ -79,6 +86,8 @@ class MergePlan:
             count = 1
             for dim in tensor.shape:
                 count *= dim
+            if streamed is not None and streamed(tensor):
+                count = min(count, block_elements)
             copies = (
                 (len(self.models) + 2) * compute_bytes if tensor.fate == "merge" else compute_bytes
             )

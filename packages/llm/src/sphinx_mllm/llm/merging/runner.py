@@ -123,10 +123,9 @@ def describe_plan(plan: MergePlan, recipe: MergeRecipe, threads: int) -> str:
             f"  {tensor.fate:<5} {tensor.name} {list(tensor.shape)} -> "
             f"{str(tensor.out_dtype).removeprefix('torch.')}{detail}{reason}"
         )
-    lines.append(
-        "estimated peak working memory: "
-        f"{plan.peak_bytes(recipe.compute_dtype, threads) / 1024**2:.1f} MiB"
-    )
+    compute = recipe.compute_dtype or torch.float32
+    peak = plan.peak_bytes(compute, threads, _streaming_rule(recipe), BLOCK_ELEMENTS)
+    lines.append(f"estimated peak working memory: {peak / 1024**2:.1f} MiB")
     return "\n".join(lines)
 
 
@@ -188,15 +187,8 @@ def _write(
         for shard, name in zip(shards, names, strict=True)
     )
     writer = next(writers)
-    elementwise, blockwise = recipe.expression.elementwise, recipe.expression.blockwise
-
-    def streamed(tensor: TensorPlan) -> bool:
-        """Whether the tensor is computed in row blocks: copies and elementwise merges always;
-        blockwise ones (which read their inputs again for their statistics) when large."""
-        if tensor.fate == "copy" or elementwise:
-            return True
-        return blockwise and _numel(tensor.shape) > STREAM_ELEMENTS
-
+    elementwise = recipe.expression.elementwise
+    streamed = _streaming_rule(recipe)
     # Whole tensors in flight at once, each counted with a copy per input model, hold at most
     # this many elements (but always one): the largest tensors (embeddings) are then computed
     # alone, the small ones several at a time.
@@ -247,6 +239,19 @@ def _write(
     write_index(directory, shards, names)
 
 
+def _streaming_rule(recipe: MergeRecipe) -> Callable[[TensorPlan], bool]:
+    """Whether a tensor is computed in row blocks: copies and elementwise merges always;
+    blockwise ones (which read their inputs again for their statistics) when large."""
+    elementwise, blockwise = recipe.expression.elementwise, recipe.expression.blockwise
+
+    def streamed(tensor: TensorPlan) -> bool:
+        if tensor.fate == "copy" or elementwise:
+            return True
+        return blockwise and _numel(tensor.shape) > STREAM_ELEMENTS
+
+    return streamed
+
+
 def _numel(shape: tuple[int, ...]) -> int:
     count = 1
     for dim in shape:
@@ -295,7 +300,7 @@ def _prepare(plan: MergePlan, recipe: MergeRecipe, tensor: TensorPlan) -> dict[i
 
     def flat(start: int, stop: int) -> TensorContext:
         read = _reader(plan, recipe, tensor, elements=(start, stop))
-        return _context(plan, recipe, tensor, (stop - start,), read, prepared)
+        return _context(plan, recipe, tensor, (stop - start,), read, prepared, start)
 
     recipe.expression.prepare(whole, flat)
     return prepared
@@ -312,7 +317,8 @@ def _compute(
     if tensor.fate == "copy":
         return plan.models[tensor.source].get(tensor.name, rows).to(tensor.out_dtype)
     read = _reader(plan, recipe, tensor, rows=rows)
-    context = _context(plan, recipe, tensor, shape, read, prepared or {})
+    offset = rows[0] * _numel(tensor.shape[1:]) if rows is not None else 0
+    context = _context(plan, recipe, tensor, shape, read, prepared or {}, offset)
     value = recipe.expression.evaluate(context)
     if tuple(value.shape) != shape:
         raise RuntimeError(
@@ -352,6 +358,7 @@ def _context(
     shape: tuple[int, ...],
     read: Callable[..., torch.Tensor],
     prepared: dict[int, Any],
+    offset: int = 0,
 ) -> TensorContext:
     return TensorContext(
         name=tensor.name,
@@ -360,6 +367,7 @@ def _context(
         seed=recipe.seed,
         num_layers=plan.num_layers,
         shape=shape,
+        offset=offset,
         prepared=prepared,
     )
 

@@ -145,20 +145,27 @@ class MergeMethod(ABC):
 
     def apply(self, call: MethodCall, context: TensorContext) -> torch.Tensor:
         """Evaluate a call of this method for the context's tensor."""
-        base, tensors, model_params, params = self._arguments(call, context)
+        base, tensors, model_params, params = self.arguments(call, context)
         return self.merge(base, tensors, model_params, params, context)
 
     def apply_block(self, call: MethodCall, context: TensorContext, state: Any) -> torch.Tensor:
         """Evaluate a call of a blockwise method for the context's block, given the state its
         `prepare` returned for the whole tensor."""
-        base, tensors, model_params, params = self._arguments(call, context)
-        return self.merge_block(state, base, tensors, model_params, params)
+        base, tensors, model_params, params = self.arguments(call, context)
+        return self.merge_block(state, base, tensors, model_params, params, context)
 
-    def _arguments(
-        self, call: MethodCall, context: TensorContext
+    def is_blockwise(self, call: MethodCall) -> bool:
+        """Whether this call can be computed block by block (after `prepare`, unless
+        elementwise); a method whose parameters decide it overrides this."""
+        return self.elementwise or self.blockwise
+
+    def arguments(
+        self, call: MethodCall, context: TensorContext, *, evaluate: bool = True
     ) -> tuple[torch.Tensor | None, list[torch.Tensor], list[dict[str, Any]], dict[str, Any]]:
-        base = call.base.evaluate(context) if call.base is not None else None
-        tensors = [model.evaluate(context) for model in call.inputs]
+        """The call's inputs evaluated in `context` (none when not `evaluate`), its per-model
+        and global parameters resolved for the context's tensor."""
+        base = call.base.evaluate(context) if call.base is not None and evaluate else None
+        tensors = [model.evaluate(context) for model in call.inputs] if evaluate else []
         params = {
             name: resolve(v, context.name, context.num_layers)
             for name, v in call.parameters.items()
@@ -182,8 +189,10 @@ class MergeMethod(ABC):
         tensors: list[torch.Tensor],
         model_params: list[dict[str, Any]],
         params: dict[str, Any],
+        context: TensorContext,
     ) -> torch.Tensor:
-        """For a blockwise method: one block of the output from the same block of the inputs."""
+        """For a blockwise method: one block of the output from the same block of the inputs
+        (`context.offset` says where the block starts in the flat tensor)."""
         raise NotImplementedError(f"Merge method {self.name!r} is not blockwise")
 
     @abstractmethod

@@ -61,6 +61,7 @@ class Slerp(MergeMethod):
         tensors: list[torch.Tensor],
         model_params: list[dict[str, Any]],
         params: dict[str, Any],
+        context: TensorContext,
     ) -> torch.Tensor:
         return _interpolate(state, base, tensors[0]).reshape(base.shape)
 

@@ -7,7 +7,8 @@ choices; see tests/llm/oracle/MERGEKIT_SEMANTICS.md, section 4).
   entries and the smallest, keeping `floor(d * n)`.
 - `ranking`: "sort" ranks by a full sort as mergekit does (its tie-breaking at the cut is torch's
   unstable sort: required to reproduce mergekit exactly, and O(n log n)); "select" finds the cut
-  by selection in O(n) (a histogram for 16-bit tensors), equal magnitudes ranked by position.
+  by selection in O(n) (`rank_cut`: a radix select over the magnitudes' bit patterns, which
+  also works block by block), equal magnitudes ranked by position.
 - `random` (DARE, arXiv 2311.03099): keep each entry with probability `d`.
 - `rescale`: scale the survivors so the L1 norm is kept (mergekit, for any sparsifier), or by
   `1 / d` (DARE's paper).
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from sphinx_mllm.llm.merging.methods.rank_cut import find_rank_cut, magnitude_keys
+
 RANKINGS = ("sort", "select")
 
 
@@ -24,15 +27,14 @@ def magnitude(delta: torch.Tensor, density: float, ranking: str = "sort") -> tor
     """Keep the `max(1, floor(density * n))` entries of largest magnitude."""
     if density >= 1:
         return delta
-    if density <= 0 or delta.numel() == 0:
+    low, high = magnitude_ranks(delta.numel(), density)
+    if low == high:
         return torch.zeros_like(delta)
-    count = delta.numel()
-    keep = max(1, int(density * count))
     if _ranking(ranking) == "select":
-        return delta * _rank_range_mask(delta, count - keep, count).to(delta.dtype)
+        return delta * _rank_range_mask(delta, low, high).to(delta.dtype)
     order = torch.argsort(delta.abs().reshape(-1).float(), descending=True)
-    mask = torch.zeros(count, dtype=delta.dtype)
-    mask[order[:keep]] = 1
+    mask = torch.zeros(delta.numel(), dtype=delta.dtype)
+    mask[order[: high - low]] = 1
     return delta * mask.reshape_as(delta)
 
 
@@ -42,15 +44,28 @@ def magnitude_outliers(
     """Keep the entries ranked `[bottom, bottom + keep)` by increasing magnitude."""
     if density >= 1:
         return delta
-    count = delta.numel()
+    low, high = outlier_ranks(delta.numel(), density, gamma)
+    if _ranking(ranking) == "select":
+        return delta * _rank_range_mask(delta, low, high).to(delta.dtype)
+    order = torch.sort(delta.abs().reshape(-1).float()).indices
+    mask = torch.zeros(delta.numel(), dtype=delta.dtype)
+    mask[order[low:high]] = 1
+    return delta * mask.reshape_as(delta)
+
+
+def magnitude_ranks(count: int, density: float) -> tuple[int, int]:
+    """The increasing-magnitude ranks `magnitude` keeps (density < 1): the top
+    `max(1, floor(density * count))`, none for density <= 0."""
+    if density <= 0 or count == 0:
+        return count, count
+    return count - max(1, int(density * count)), count
+
+
+def outlier_ranks(count: int, density: float, gamma: float) -> tuple[int, int]:
+    """The increasing-magnitude ranks `magnitude_outliers` keeps (density < 1)."""
     keep, top = int(density * count), int(gamma * count)
     bottom = max(0, count - keep - top)
-    if _ranking(ranking) == "select":
-        return delta * _rank_range_mask(delta, bottom, bottom + keep).to(delta.dtype)
-    order = torch.sort(delta.abs().reshape(-1).float()).indices
-    mask = torch.zeros(count, dtype=delta.dtype)
-    mask[order[bottom : bottom + keep]] = 1
-    return delta * mask.reshape_as(delta)
+    return bottom, bottom + keep
 
 
 def _ranking(ranking: str) -> str:
@@ -61,30 +76,11 @@ def _ranking(ranking: str) -> str:
 
 def _rank_range_mask(delta: torch.Tensor, low: int, high: int) -> torch.Tensor:
     """True where an entry's magnitude ranks in [low, high) in increasing order, found by
-    selection, not sorting; among equal magnitudes the earlier position ranks lower (a stable
-    order). 16-bit magnitudes are ranked by a histogram of their bit patterns (which order like
-    the values); wider ones through `kthvalue`."""
-    if high <= low:
-        return torch.zeros_like(delta, dtype=torch.bool)
-    if delta.element_size() == 2:
-        keys = delta.abs().reshape(-1).view(torch.int16)  # non-negative: patterns order as values
-        cumulative = torch.bincount(keys.to(torch.int32), minlength=1 << 16).cumsum(0)
-        lowest = int(torch.searchsorted(cumulative, low + 1))
-        highest = int(torch.searchsorted(cumulative, high))
-        below_lowest = int(cumulative[lowest - 1]) if lowest else 0
-        below_highest = int(cumulative[highest - 1]) if highest else 0
-    else:
-        keys = delta.abs().reshape(-1).float()
-        lowest = float(torch.kthvalue(keys, low + 1).values)
-        highest = float(keys.max() if high == keys.numel() else torch.kthvalue(keys, high).values)
-        below_lowest, below_highest = int((keys < lowest).sum()), int((keys < highest).sum())
-    mask = (keys > lowest) & (keys < highest)
-    at_lowest = (keys == lowest).nonzero().flatten()  # their ranks: below_lowest, +1, ...
-    mask[at_lowest[max(0, low - below_lowest) : high - below_lowest]] = True
-    if highest != lowest:
-        at_highest = (keys == highest).nonzero().flatten()
-        mask[at_highest[: high - below_highest]] = True
-    return mask.reshape(delta.shape)
+    selection (`rank_cut`), not sorting; among equal magnitudes the earlier position ranks
+    lower (a stable order)."""
+    keys = magnitude_keys(delta)
+    cut = find_rank_cut(lambda: [keys], keys.numel(), low, high, delta.element_size())
+    return cut.mask(keys).reshape(delta.shape)
 
 
 def random_drop(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:

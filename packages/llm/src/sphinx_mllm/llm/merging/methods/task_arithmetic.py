@@ -13,11 +13,17 @@ vectors, an unweighted mean of the agreeing ones) is `sign_election="paper"`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from sphinx_mllm.llm.merging.expression import TensorContext
+from sphinx_mllm.llm.merging.expression import (
+    Expression,
+    FlatContexts,
+    MethodCall,
+    TensorContext,
+)
 from sphinx_mllm.llm.merging.methods import sparsify
 from sphinx_mllm.llm.merging.methods.base import (
     REQUIRED,
@@ -25,8 +31,10 @@ from sphinx_mllm.llm.merging.methods.base import (
     MethodParameter,
     tensor_generator,
 )
+from sphinx_mllm.llm.merging.methods.rank_cut import RankCut, find_rank_cut, magnitude_keys
 
 SPARSIFIERS = (None, "magnitude", "random", "magnitude_outliers")
+PREPARE_BLOCK = 1 << 20  # elements of a task vector read at once to find the kept ranks
 
 
 class GeneralizedTaskArithmetic(MergeMethod):
@@ -105,11 +113,77 @@ class GeneralizedTaskArithmetic(MergeMethod):
     ) -> torch.Tensor:
         if not tensors:
             return base
-        deltas = base.new_empty((len(tensors), *base.shape))
-        for index, (tensor, settings) in enumerate(zip(tensors, model_params, strict=True)):
-            torch.sub(tensor, base, out=deltas[index])
-            if self.sparsifier is not None:
+        deltas = _deltas(base, tensors)
+        if self.sparsifier is not None:
+            for index, settings in enumerate(model_params):
                 deltas[index] = self._sparsify(deltas[index], settings, params, context, index)
+        return self._combine(base, deltas, model_params, params)
+
+    def is_blockwise(self, call: MethodCall) -> bool:
+        """Magnitude sparsifiers ranking by selection (and not rescaling, which needs the
+        tensor's norms) work block by block; plain task arithmetic is elementwise."""
+        if self.sparsifier is None:
+            return True
+        return (
+            self.sparsifier in ("magnitude", "magnitude_outliers")
+            and call.parameters.get("ranking") == "select"
+            and call.parameters.get("rescale") is False
+        )
+
+    def prepare(self, call: MethodCall, context: TensorContext, flat: FlatContexts) -> Any:
+        """Per model: the `RankCut` of the entries its sparsifier keeps (None: all of them),
+        from the task vector read block by block."""
+        _, _, model_params, _ = self.arguments(call, context, evaluate=False)
+        numel = 1
+        for dim in context.shape:
+            numel *= dim
+        width = torch.empty((), dtype=context.compute_dtype).element_size()
+        cuts: list[RankCut | None] = []
+        for model, settings in zip(call.inputs, model_params, strict=True):
+            density = settings["density"]
+            if density >= 1:
+                cuts.append(None)
+                continue
+            if self.sparsifier == "magnitude":
+                low, high = sparsify.magnitude_ranks(numel, density)
+            else:
+                low, high = sparsify.outlier_ranks(numel, density, settings["gamma"])
+
+            def blocks(model: Expression = model) -> Iterator[torch.Tensor]:
+                for start in range(0, numel, PREPARE_BLOCK):
+                    block = flat(start, min(numel, start + PREPARE_BLOCK))
+                    yield magnitude_keys(model.evaluate(block) - call.base.evaluate(block))
+
+            cuts.append(find_rank_cut(blocks, numel, low, high, width))
+        return cuts
+
+    def merge_block(
+        self,
+        state: Any,
+        base: torch.Tensor | None,
+        tensors: list[torch.Tensor],
+        model_params: list[dict[str, Any]],
+        params: dict[str, Any],
+        context: TensorContext,
+    ) -> torch.Tensor:
+        if not tensors:
+            return base
+        deltas = _deltas(base, tensors)
+        for index, cut in enumerate(state):
+            if cut is not None:
+                keys = magnitude_keys(deltas[index])
+                mask = cut.mask(keys, context.offset).reshape(base.shape)
+                deltas[index] = deltas[index] * mask.to(deltas.dtype)
+        return self._combine(base, deltas, model_params, params)
+
+    def _combine(
+        self,
+        base: torch.Tensor,
+        deltas: torch.Tensor,
+        model_params: list[dict[str, Any]],
+        params: dict[str, Any],
+    ) -> torch.Tensor:
+        """Weigh the (sparsified) task vectors, elect signs, mix, normalise, add to the base."""
         weights = torch.tensor(
             [settings["weight"] for settings in model_params], dtype=deltas.dtype
         )
@@ -142,6 +216,14 @@ class GeneralizedTaskArithmetic(MergeMethod):
         if params["rescale"]:
             return sparsify.rescale(delta, kept, density, params["rescale_by"])
         return kept.to(delta.dtype)
+
+
+def _deltas(base: torch.Tensor, tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The task vectors `tensor - base`, stacked (in the compute dtype)."""
+    deltas = base.new_empty((len(tensors), *base.shape))
+    for index, tensor in enumerate(tensors):
+        torch.sub(tensor, base, out=deltas[index])
+    return deltas
 
 
 def sum_over_models(values: torch.Tensor) -> torch.Tensor:
