@@ -209,6 +209,7 @@ def from_mergekit(config: dict[str, Any], root: Path) -> MergeRecipe:
         compute_dtype=None,
         load_dtype=load_dtype,
         out_dtype=_dtype(config.get("out_dtype"), "out_dtype") or load_dtype,
+        shared_random_stream=method.random,  # mergekit's DARE masks, from `--seed`
         description={"format": "mergekit", **config},
     )
 

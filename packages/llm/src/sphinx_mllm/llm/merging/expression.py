@@ -34,6 +34,7 @@ class TensorContext:
     num_layers: int | None = None
     shape: tuple[int, ...] | None = None  # the output tensor's shape (or this block's)
     offset: int = 0  # the flat index, in the whole tensor, of this block's first element
+    generator: torch.Generator | None = None  # a shared random stream's, during this tensor's turn
     cache: dict[int, torch.Tensor] = field(default_factory=dict)
     # The statistics of blockwise method calls over the whole tensor, by id (see `prepare`)
     prepared: dict[int, Any] = field(default_factory=dict)

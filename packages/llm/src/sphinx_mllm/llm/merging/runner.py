@@ -2,8 +2,8 @@
 into the output, with a progress bar; or, for a dry run, report the plan.
 
 Tensors are computed by a pool of `threads` workers, a few ahead of the writer, and written in
-plan order; each tensor's randomness is seeded from its name, so the output is the same for any
-number of threads.
+plan order; each tensor's randomness is seeded from its name, or drawn from one stream in a
+fixed order (`shared_random_stream`), so the output is the same for any number of threads.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 from sphinx_mllm.llm.merging.checkpoint import ModelCheckpoint
 from sphinx_mllm.llm.merging.expression import Expression, Model, TensorContext
 from sphinx_mllm.llm.merging.plan import MergePlan, TensorPlan, build_plan, unique_models
+from sphinx_mllm.llm.merging.random_stream import OrderedRandomStream
 from sphinx_mllm.llm.merging.writer import (
     AtomicOutputDirectory,
     StreamingShardWriter,
@@ -53,6 +54,9 @@ class MergeRecipe:
     load_dtype: torch.dtype | None = None  # inputs cast to this when read (mergekit's `dtype:`)
     out_dtype: torch.dtype | None = None
     seed: int = 0
+    # Random masks (DARE) from one stream, tensor by tensor in lexicographic order of name, as
+    # mergekit draws them (see random_stream); else each tensor seeded from its name
+    shared_random_stream: bool = False
     description: dict[str, Any] = field(default_factory=dict)  # provenance, as configured
 
     def reference_model(self) -> Model:
@@ -148,7 +152,10 @@ def run_merge(
         plan = make_plan(recipe, checkpoints)
         if on_plan is not None:
             on_plan(plan)
-        shards = plan_shards(plan.outputs, shard_size)
+        outputs = plan.outputs
+        if recipe.shared_random_stream:  # computed, so written, in the stream's order
+            outputs = sorted(outputs, key=lambda output: output.name)
+        shards = plan_shards(outputs, shard_size)
         directory = AtomicOutputDirectory(output, force=force)
         try:
             _write(plan, recipe, shards, directory.path, threads, progress)
@@ -198,44 +205,53 @@ def _write(
         return _numel(tensor.shape) * copies
 
     budget = max(IN_FLIGHT_ELEMENTS, *(weight(t) for t in ordered)) if ordered else 0
+    stream = None
+    if recipe.shared_random_stream:
+        merged = [tensor.name for tensor in ordered if tensor.fate == "merge"]
+        stream = OrderedRandomStream(recipe.seed, merged)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        # (tensor, its whole value or None, the statistics of a streamed blockwise merge)
-        pending: deque[tuple[TensorPlan, Future | None, Future | None]] = deque()
-        upcoming = deque(ordered)
-        in_flight = 0
+        try:
+            # (tensor, its whole value or None, the statistics of a streamed blockwise merge)
+            pending: deque[tuple[TensorPlan, Future | None, Future | None]] = deque()
+            upcoming = deque(ordered)
+            in_flight = 0
 
-        def fill() -> None:
-            nonlocal in_flight
-            while upcoming and len(pending) <= threads:
-                tensor = upcoming[0]
-                whole = not streamed(tensor)
-                if whole and pending and in_flight + weight(tensor) > budget:
-                    return
-                upcoming.popleft()
-                if whole:
-                    in_flight += weight(tensor)
-                    future = pool.submit(_compute, plan, recipe, tensor, None)
-                    pending.append((tensor, future, None))
-                elif tensor.fate == "merge" and not elementwise:
-                    pending.append((tensor, None, pool.submit(_prepare, plan, recipe, tensor)))
-                else:
-                    pending.append((tensor, None, None))
+            def fill() -> None:
+                nonlocal in_flight
+                while upcoming and len(pending) <= threads:
+                    tensor = upcoming[0]
+                    whole = not streamed(tensor)
+                    if whole and pending and in_flight + weight(tensor) > budget:
+                        return
+                    upcoming.popleft()
+                    if whole:
+                        in_flight += weight(tensor)
+                        future = pool.submit(_compute, plan, recipe, tensor, None, None, stream)
+                        pending.append((tensor, future, None))
+                    elif tensor.fate == "merge" and not elementwise:
+                        pending.append((tensor, None, pool.submit(_prepare, plan, recipe, tensor)))
+                    else:
+                        pending.append((tensor, None, None))
 
-        fill()
-        while pending:
-            tensor, future, statistics = pending.popleft()
-            if writer.done:
-                writer = next(writers)
-            if future is None:
-                prepared = statistics.result() if statistics is not None else {}
-                parts = _row_blocks(plan, recipe, tensor, pool, threads + 1, prepared)
-            else:
-                parts = [future.result()]
-                in_flight -= weight(tensor)
-            writer.write(tensor.name, parts)
-            if progress is not None:
-                progress(1)
             fill()
+            while pending:
+                tensor, future, statistics = pending.popleft()
+                if writer.done:
+                    writer = next(writers)
+                if future is None:
+                    prepared = statistics.result() if statistics is not None else {}
+                    parts = _row_blocks(plan, recipe, tensor, pool, threads + 1, prepared)
+                else:
+                    parts = [future.result()]
+                    in_flight -= weight(tensor)
+                writer.write(tensor.name, parts)
+                if progress is not None:
+                    progress(1)
+                fill()
+        except BaseException:
+            if stream is not None:
+                stream.cancel()  # workers waiting for their turn stop instead of waiting forever
+            raise
     write_index(directory, shards, names)
 
 
@@ -245,7 +261,11 @@ def _streaming_rule(recipe: MergeRecipe) -> Callable[[TensorPlan], bool]:
     elementwise, blockwise = recipe.expression.elementwise, recipe.expression.blockwise
 
     def streamed(tensor: TensorPlan) -> bool:
-        if tensor.fate == "copy" or elementwise:
+        if tensor.fate == "copy":
+            return True
+        if recipe.shared_random_stream:  # whole tensors, each taking its turn in the stream
+            return False
+        if elementwise:
             return True
         return blockwise and _numel(tensor.shape) > STREAM_ELEMENTS
 
@@ -312,6 +332,7 @@ def _compute(
     tensor: TensorPlan,
     rows: tuple[int, int] | None,
     prepared: dict[int, Any] | None = None,
+    stream: OrderedRandomStream | None = None,
 ) -> torch.Tensor:
     shape = tensor.shape if rows is None else (rows[1] - rows[0], *tensor.shape[1:])
     if tensor.fate == "copy":
@@ -319,7 +340,12 @@ def _compute(
     read = _reader(plan, recipe, tensor, rows=rows)
     offset = rows[0] * _numel(tensor.shape[1:]) if rows is not None else 0
     context = _context(plan, recipe, tensor, shape, read, prepared or {}, offset)
-    value = recipe.expression.evaluate(context)
+    if stream is None:
+        value = recipe.expression.evaluate(context)
+    else:
+        with stream.turn(tensor.name) as generator:
+            context.generator = generator
+            value = recipe.expression.evaluate(context)
     if tuple(value.shape) != shape:
         raise RuntimeError(
             f"The merge gave {tensor.name!r} the shape {tuple(value.shape)}, expected {shape}"

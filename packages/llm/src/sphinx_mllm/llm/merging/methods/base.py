@@ -54,6 +54,7 @@ class MergeMethod(ABC):
     elementwise: bool = False  # each output element from the same input elements only
     # Computed in blocks after `prepare` has gathered statistics over the whole tensor
     blockwise: bool = False
+    random: bool = False  # draws random numbers (from `context.generator` when one is lent)
 
     def __repr__(self) -> str:
         return f"<merge method {self.name}>"

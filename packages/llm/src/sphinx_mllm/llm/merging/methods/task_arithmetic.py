@@ -59,6 +59,7 @@ class GeneralizedTaskArithmetic(MergeMethod):
         self.summary = summary
         self.sparsifier = sparsifier
         self.consensus = consensus
+        self.random = sparsifier == "random"  # draws masks: see MergeRecipe.shared_random_stream
         self.elementwise = sparsifier is None  # sparsifiers rank or draw over a whole tensor
         per_model = [
             MethodParameter(
@@ -212,7 +213,8 @@ class GeneralizedTaskArithmetic(MergeMethod):
         elif self.sparsifier == "magnitude_outliers":
             kept = sparsify.magnitude_outliers(delta, density, settings["gamma"], params["ranking"])
         else:  # "random"
-            kept = sparsify.random_drop(delta, density, tensor_generator(context, f"dare/{index}"))
+            generator = context.generator or tensor_generator(context, f"dare/{index}")
+            kept = sparsify.random_drop(delta, density, generator)
         if params["rescale"]:
             return sparsify.rescale(delta, kept, density, params["rescale_by"])
         return kept.to(delta.dtype)
