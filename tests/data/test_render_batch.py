@@ -312,3 +312,26 @@ def test_a_text_that_merges_with_the_first_anchor_takes_the_next(no_fallback):
     assert (ids, decoded) == (expected, texts)
     turns = [{"from": "human", "value": "!hi"}, {"from": "gpt", "value": "!yes"}]
     assert render_batch(CHATML, [turns], adapter) == [render(CHATML, turns, adapter, sample_id="0")]
+
+
+def test_only_sentencepiece_is_trusted_to_decode_piecewise(sentencepiece_model, bpe_model):
+    # SentencePiece joins its pieces' texts, so the whole-sequence check follows from the
+    # per-piece ones; other decoders keep it.
+    assert as_text_tokenizer(sentencepiece_model).piecewise_decoding
+    assert not as_text_tokenizer(bpe_model).piecewise_decoding
+
+
+@pytest.mark.parametrize("collector_on", [True, False])
+def test_the_garbage_collector_state_is_restored(adapter, collector_on):
+    import gc
+
+    was_enabled = gc.isenabled()
+    try:
+        gc.enable() if collector_on else gc.disable()
+        render_batch(SPHINX, [CONVERSATION] * 3, adapter, image_token=IMAGE)
+        assert gc.isenabled() == collector_on
+        with pytest.raises(ConversationError):
+            render_batch(SPHINX, [[{"from": "gpt", "value": ""}]], adapter, image_token=IMAGE)
+        assert gc.isenabled() == collector_on
+    finally:
+        gc.enable() if was_enabled else gc.disable()

@@ -75,6 +75,11 @@ class TextTokenizer(Protocol):
 
 
 class _SentencePieceBackend:
+    # Decoding maps each id to its piece and joins them: nothing depends on the neighbouring ids
+    # except the dummy-prefix space dropped at the start of a sequence, which the anchors handle,
+    # and byte pieces, which a piece checked to decode to its own text holds whole characters of.
+    piecewise_decoding = True
+
     def __init__(self, processor: Any) -> None:
         self._sp = processor
         self.bos_id = _valid_id(processor.bos_id())
@@ -104,6 +109,8 @@ class _SentencePieceBackend:
 
 
 class _HuggingFaceBackend:
+    piecewise_decoding = False  # decoders such as WordPiece's or Metaspace's look at neighbours
+
     def __init__(self, tokenizer: Any) -> None:
         self._tok = tokenizer
         self.bos_id = tokenizer.bos_token_id
@@ -149,6 +156,8 @@ class _HuggingFaceBackend:
 
 
 class _TokenizersBackend:
+    piecewise_decoding = False
+
     def __init__(self, tokenizer: Any) -> None:
         self._tok = tokenizer
         self.bos_id: int | None = None  # a tokenizers.Tokenizer does not know which they are
@@ -201,6 +210,13 @@ class TokenizerAdapter:
     @property
     def bos_id(self) -> int | None:
         return self._backend.bos_id
+
+    @property
+    def piecewise_decoding(self) -> bool:
+        """Whether decoding a sequence gives the decoded texts of its parts joined, once each
+        part decodes to its own text (see `rendering`: the whole-sequence check is then
+        redundant and skipped)."""
+        return self._backend.piecewise_decoding
 
     @property
     def eos_id(self) -> int | None:
@@ -273,6 +289,8 @@ class TokenizerAdapter:
 
     def _encode_filled(self, texts: Sequence[str]) -> list[list[int]]:
         """The backend's ids of each text in one batched call; none for an empty text."""
+        if all(texts):
+            return self._backend.encode_many(list(texts))
         result: list[list[int]] = [[] for _ in texts]
         filled = [index for index, text in enumerate(texts) if text]
         encoded = self._backend.encode_many([texts[index] for index in filled]) if filled else []
@@ -283,10 +301,12 @@ class TokenizerAdapter:
     def decode_many(self, id_lists: Sequence[Sequence[int]], *, sequence_start: bool) -> list[str]:
         """`decode_text` of each id list (the same texts, the same error for the first that
         fails), in one batched call of the tokenizer where it has one."""
+        plain = sequence_start or not self.adds_prefix_space
+        if plain and all(id_lists):
+            return self._backend.decode_many([list(ids) for ids in id_lists])
         filled = [index for index, ids in enumerate(id_lists) if ids]
         if not filled:
             return ["" for _ in id_lists]
-        plain = sequence_start or not self.adds_prefix_space
         anchor, anchor_ids = self._anchors[0]
         batch = [
             list(id_lists[index]) if plain else [*anchor_ids, *id_lists[index]] for index in filled
