@@ -261,3 +261,17 @@ def test_a_merge_killed_at_any_moment_leaves_nothing_that_looks_finished(tmp_pat
         "abandoned partial outputs are cleaned up by the next run"
     )
     assert len(read_output(tmp_path / "out")) == 60
+
+
+def test_the_command_keeps_freed_block_buffers_on_glibc():
+    # in a child process: the allocator setting is process-wide
+    import platform
+    import subprocess
+    import sys
+
+    code = "from sphinx_mllm.llm.merging.allocator import reuse_freed_memory as r; print(r())"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert result.stdout.strip() == str(glibc)
