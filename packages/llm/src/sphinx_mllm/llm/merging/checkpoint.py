@@ -11,6 +11,7 @@ with `allow_pickle=True`, and then with `weights_only=True`.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 
@@ -131,8 +132,8 @@ class ModelCheckpoint:
         the first dimension (the elements, for a 1-D tensor)."""
         _, _, shape = self._entry(tensor_name)
         if rows is None:
-            return self._read(tensor_name, 0, _numel(shape), shape)
-        row = _numel(shape[1:])
+            return self._read(tensor_name, 0, math.prod(shape), shape)
+        row = math.prod(shape[1:])
         return self._read(
             tensor_name, rows[0] * row, rows[1] * row, (rows[1] - rows[0], *shape[1:])
         )
@@ -177,10 +178,3 @@ class ModelCheckpoint:
                 for block in iter(lambda: handle.read(1 << 24), b""):
                     digest.update(block)
         return digest.hexdigest()
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count

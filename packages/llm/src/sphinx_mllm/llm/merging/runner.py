@@ -9,6 +9,7 @@ fixed order (`shared_random_stream`), so the output is the same for any number o
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -202,7 +203,7 @@ def _write(
     copies = len(unique_models(recipe.expression)) + 1
 
     def weight(tensor: TensorPlan) -> int:
-        return _numel(tensor.shape) * copies
+        return math.prod(tensor.shape) * copies
 
     budget = max(IN_FLIGHT_ELEMENTS, *(weight(t) for t in ordered)) if ordered else 0
     stream = None
@@ -267,16 +268,9 @@ def _streaming_rule(recipe: MergeRecipe) -> Callable[[TensorPlan], bool]:
             return False
         if elementwise:
             return True
-        return blockwise and _numel(tensor.shape) > STREAM_ELEMENTS
+        return blockwise and math.prod(tensor.shape) > STREAM_ELEMENTS
 
     return streamed
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
 
 
 def _row_blocks(
@@ -291,9 +285,7 @@ def _row_blocks(
     `ahead` blocks in front of the caller (who writes them meanwhile); `prepared` holds the
     statistics of its blockwise method calls (see `_prepare`)."""
     shape = tensor.shape
-    row = 1
-    for dim in shape[1:]:
-        row *= dim
+    row = math.prod(shape[1:])
     if not shape or shape[0] * row <= BLOCK_ELEMENTS:
         yield _compute(plan, recipe, tensor, None)
         return
@@ -316,11 +308,13 @@ def _prepare(plan: MergePlan, recipe: MergeRecipe, tensor: TensorPlan) -> dict[i
     """The statistics over the whole tensor that its blockwise method calls need before it can
     be computed block by block, gathered by reading the inputs in flat ranges."""
     prepared: dict[int, Any] = {}
-    whole = _context(plan, recipe, tensor, tensor.shape, _reader(plan, recipe, tensor), prepared)
+    compute = _compute_dtype(plan, recipe, tensor.name)
+    read = _reader(plan, recipe, tensor, compute)
+    whole = _context(plan, recipe, tensor, tensor.shape, read, compute, prepared)
 
     def flat(start: int, stop: int) -> TensorContext:
-        read = _reader(plan, recipe, tensor, elements=(start, stop))
-        return _context(plan, recipe, tensor, (stop - start,), read, prepared, start)
+        read = _reader(plan, recipe, tensor, compute, elements=(start, stop))
+        return _context(plan, recipe, tensor, (stop - start,), read, compute, prepared, start)
 
     recipe.expression.prepare(whole, flat)
     return prepared
@@ -337,9 +331,10 @@ def _compute(
     shape = tensor.shape if rows is None else (rows[1] - rows[0], *tensor.shape[1:])
     if tensor.fate == "copy":
         return plan.models[tensor.source].get(tensor.name, rows).to(tensor.out_dtype)
-    read = _reader(plan, recipe, tensor, rows=rows)
-    offset = rows[0] * _numel(tensor.shape[1:]) if rows is not None else 0
-    context = _context(plan, recipe, tensor, shape, read, prepared or {}, offset)
+    compute = _compute_dtype(plan, recipe, tensor.name)
+    read = _reader(plan, recipe, tensor, compute, rows=rows)
+    offset = rows[0] * math.prod(tensor.shape[1:]) if rows is not None else 0
+    context = _context(plan, recipe, tensor, shape, read, compute, prepared or {}, offset)
     if stream is None:
         value = recipe.expression.evaluate(context)
     else:
@@ -357,12 +352,12 @@ def _reader(
     plan: MergePlan,
     recipe: MergeRecipe,
     tensor: TensorPlan,
+    compute: torch.dtype,
     rows: tuple[int, int] | None = None,
     elements: tuple[int, int] | None = None,
 ) -> Callable[..., torch.Tensor]:
     """`read(model, name=None)`: an input tensor (its `rows`, or a flat range of `elements`),
-    cast to `load_dtype` if set, then to the compute dtype."""
-    compute = recipe.compute_dtype or _promoted_dtype(plan, recipe, tensor.name)
+    cast to `load_dtype` if set, then to the `compute` dtype."""
 
     def read(model: Model, name: str | None = None) -> torch.Tensor:
         checkpoint = plan.models[model.name]
@@ -383,19 +378,24 @@ def _context(
     tensor: TensorPlan,
     shape: tuple[int, ...],
     read: Callable[..., torch.Tensor],
+    compute: torch.dtype,
     prepared: dict[int, Any],
     offset: int = 0,
 ) -> TensorContext:
     return TensorContext(
         name=tensor.name,
         read=read,
-        compute_dtype=recipe.compute_dtype or _promoted_dtype(plan, recipe, tensor.name),
+        compute_dtype=compute,
         seed=recipe.seed,
         num_layers=plan.num_layers,
         shape=shape,
         offset=offset,
         prepared=prepared,
     )
+
+
+def _compute_dtype(plan: MergePlan, recipe: MergeRecipe, name: str) -> torch.dtype:
+    return recipe.compute_dtype or _promoted_dtype(plan, recipe, name)
 
 
 def _promoted_dtype(plan: MergePlan, recipe: MergeRecipe, name: str) -> torch.dtype:

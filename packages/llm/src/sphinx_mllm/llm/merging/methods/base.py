@@ -146,13 +146,15 @@ class MergeMethod(ABC):
 
     def apply(self, call: MethodCall, context: TensorContext) -> torch.Tensor:
         """Evaluate a call of this method for the context's tensor."""
-        base, tensors, model_params, params = self.arguments(call, context)
+        model_params, params = self.resolved_parameters(call, context)
+        base, tensors = _evaluate_inputs(call, context)
         return self.merge(base, tensors, model_params, params, context)
 
     def apply_block(self, call: MethodCall, context: TensorContext, state: Any) -> torch.Tensor:
         """Evaluate a call of a blockwise method for the context's block, given the state its
         `prepare` returned for the whole tensor."""
-        base, tensors, model_params, params = self.arguments(call, context)
+        model_params, params = self.resolved_parameters(call, context)
+        base, tensors = _evaluate_inputs(call, context)
         return self.merge_block(state, base, tensors, model_params, params, context)
 
     def is_blockwise(self, call: MethodCall) -> bool:
@@ -160,13 +162,10 @@ class MergeMethod(ABC):
         elementwise); a method whose parameters decide it overrides this."""
         return self.elementwise or self.blockwise
 
-    def arguments(
-        self, call: MethodCall, context: TensorContext, *, evaluate: bool = True
-    ) -> tuple[torch.Tensor | None, list[torch.Tensor], list[dict[str, Any]], dict[str, Any]]:
-        """The call's inputs evaluated in `context` (none when not `evaluate`), its per-model
-        and global parameters resolved for the context's tensor."""
-        base = call.base.evaluate(context) if call.base is not None and evaluate else None
-        tensors = [model.evaluate(context) for model in call.inputs] if evaluate else []
+    def resolved_parameters(
+        self, call: MethodCall, context: TensorContext
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The call's per-model and global parameters, resolved for the context's tensor."""
         params = {
             name: resolve(v, context.name, context.num_layers)
             for name, v in call.parameters.items()
@@ -175,7 +174,7 @@ class MergeMethod(ABC):
             {name: resolve(v, context.name, context.num_layers) for name, v in entry.items()}
             for entry in call.model_parameters
         ]
-        return base, tensors, model_params, params
+        return model_params, params
 
     def prepare(self, call: MethodCall, context: TensorContext, flat: FlatContexts) -> Any:
         """For a blockwise method: the statistics of the whole tensor that `merge_block` needs,
@@ -206,6 +205,13 @@ class MergeMethod(ABC):
         context: TensorContext,
     ) -> torch.Tensor:
         """One output tensor from the inputs (in the compute dtype)."""
+
+
+def _evaluate_inputs(
+    call: MethodCall, context: TensorContext
+) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    base = call.base.evaluate(context) if call.base is not None else None
+    return base, [model.evaluate(context) for model in call.inputs]
 
 
 def _label(model: Expression) -> str:

@@ -11,6 +11,7 @@ block buffers are all the float32 scratch memory, whatever the tensor's size.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,7 +20,6 @@ import torch
 from sphinx_mllm.llm.merging.expression import FlatContexts, MethodCall, TensorContext
 from sphinx_mllm.llm.merging.methods.base import REQUIRED, MergeMethod, MethodParameter
 from sphinx_mllm.llm.merging.methods.linear import accumulation_dtype
-from sphinx_mllm.llm.merging.parameters import resolve
 
 PARALLEL_THRESHOLD = 0.9995
 NORM_EPSILON = 1e-8
@@ -43,7 +43,8 @@ class Slerp(MergeMethod):
         context: TensorContext,
     ) -> torch.Tensor:
         a, b = base.reshape(-1), tensors[0].reshape(-1)
-        scales = _scales(lambda start, stop: (a[start:stop], b[start:stop]), a.numel(), params)
+        read = lambda start, stop: (a[start:stop], b[start:stop])  # noqa: E731
+        scales = _scales(read, a.numel(), params["t"], accumulation_dtype(base.dtype))
         return _interpolate(scales, a, b).reshape(base.shape)
 
     def prepare(self, call: MethodCall, context: TensorContext, flat: FlatContexts) -> Any:
@@ -51,8 +52,9 @@ class Slerp(MergeMethod):
             block = flat(start, stop)
             return call.base.evaluate(block), call.inputs[0].evaluate(block)
 
-        params = {"t": resolve(call.parameters["t"], context.name, context.num_layers)}
-        return _scales(read, _numel(context.shape), params)
+        _, params = self.resolved_parameters(call, context)
+        dtype = accumulation_dtype(context.compute_dtype)  # what the inputs evaluate to
+        return _scales(read, math.prod(context.shape), params["t"], dtype)
 
     def merge_block(
         self,
@@ -69,13 +71,13 @@ class Slerp(MergeMethod):
 _Read = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
 
 
-def _scales(read: _Read, numel: int, params: dict[str, Any]) -> tuple[float, float, torch.dtype]:
+def _scales(
+    read: _Read, numel: int, t_value: float, dtype: torch.dtype
+) -> tuple[float, float, torch.dtype]:
     """The factors of a and b for the whole flat tensors, which `read(start, stop)` gives block
-    by block (twice: the norms, then the dot product of the normalised vectors), and the
-    accumulation dtype."""
-    a, _ = read(0, 0)  # no elements: only the dtype
-    dtype = accumulation_dtype(a.dtype)
-    t = torch.tensor(float(params["t"]), dtype=torch.float32).to(dtype)
+    by block (twice: the norms, then the dot product of the normalised vectors), computed in the
+    accumulation `dtype` (returned with them)."""
+    t = torch.tensor(float(t_value), dtype=torch.float32).to(dtype)
     if numel == 0:
         return float(1 - t), float(t), dtype
     blocks = _Blocks(read, numel, dtype)
@@ -130,10 +132,3 @@ def _norm_of_norms(norms: list[torch.Tensor]) -> torch.Tensor:
 
 
 slerp = Slerp()
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count

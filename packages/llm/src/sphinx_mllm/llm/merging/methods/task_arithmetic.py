@@ -13,6 +13,7 @@ vectors, an unweighted mean of the agreeing ones) is `sign_election="paper"`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -134,10 +135,8 @@ class GeneralizedTaskArithmetic(MergeMethod):
     def prepare(self, call: MethodCall, context: TensorContext, flat: FlatContexts) -> Any:
         """Per model: the `RankCut` of the entries its sparsifier keeps (None: all of them),
         from the task vector read block by block."""
-        _, _, model_params, _ = self.arguments(call, context, evaluate=False)
-        numel = 1
-        for dim in context.shape:
-            numel *= dim
+        model_params, _ = self.resolved_parameters(call, context)
+        numel = math.prod(context.shape)
         width = torch.empty((), dtype=context.compute_dtype).element_size()
         cuts: list[RankCut | None] = []
         for model, settings in zip(call.inputs, model_params, strict=True):
