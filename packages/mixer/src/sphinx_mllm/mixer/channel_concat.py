@@ -71,6 +71,9 @@ class ChannelConcatMixer(Mixer):
         grids = [stream.grid for stream in self.grid_streams]
         return max(grids, key=lambda grid: grid[0] * grid[1]) if grids else None
 
+    def grid_parts(self) -> list[tuple[str, Grid, bool]]:
+        return [("grid", self.grid, self.leading_token)] if self.grid_streams else []
+
     def view_segments(self, kind: ViewKind) -> list[tuple[str, int]]:
         segments = [(stream.name, stream.num_tokens) for stream in self.query_streams]
         if self.grid_streams:

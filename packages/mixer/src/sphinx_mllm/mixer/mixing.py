@@ -93,6 +93,24 @@ class Mixer(nn.Module, ABC):
             self._counts[kind] = sum(length for _, length in self.view_segments(kind))
         return self._counts[kind]
 
+    def grid_parts(self) -> list[tuple[str, Grid, bool]]:
+        """The grid parts of a view: (segment label, encoder grid, has a leading token) each.
+        Mixers that lay encoder grids out in the sequence override this; the default has none."""
+        return []
+
+    def grid_cells(self, kind: ViewKind = "global") -> dict[str, torch.Tensor]:
+        """For each grid part of a view of `kind`, by segment label: `[rows, cols]` long, the
+        index within the view's tokens of the token of each grid cell (row-major, tile pooling
+        and row separators applied)."""
+        starts, offset = {}, 0
+        for label, length in self.view_segments(kind):
+            starts[label] = offset
+            offset += length
+        return {
+            label: starts[label] + self.format.cell_indices(grid, leading, kind)
+            for label, grid, leading in self.grid_parts()
+        }
+
     @property
     def kind_independent(self) -> bool:
         """True when global and tile views are mixed alike (one call can mix both)."""

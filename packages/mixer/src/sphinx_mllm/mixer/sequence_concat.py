@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from sphinx_mllm.encoders import EncoderOutput
+from sphinx_mllm.mixer.alignment import Grid
 from sphinx_mllm.mixer.mixing import Mixer, StreamSpec
 from sphinx_mllm.mixer.projectors import create_projector
 from sphinx_mllm.mixer.views import ViewKind
@@ -39,6 +40,9 @@ class SequenceConcatMixer(Mixer):
                 for s in self.streams
             }
         )
+
+    def grid_parts(self) -> list[tuple[str, Grid, bool]]:
+        return [(s.name, s.grid, s.leading_token) for s in self.streams if s.grid is not None]
 
     def view_segments(self, kind: ViewKind) -> list[tuple[str, int]]:
         segments = [

@@ -156,6 +156,41 @@ class VisualStack(nn.Module):
         """Visual tokens per image of (width, height) `image_size`, before running anything."""
         return sum(self.mixer.num_tokens(kind) for kind in self.layout(image_size).kinds)
 
+    def grid_tokens_at(
+        self,
+        image_size: tuple[int, int],
+        points: Sequence[tuple[float, float]] | torch.Tensor,
+        part: str | None = None,
+    ) -> torch.Tensor:
+        """`[P]` long: the index, in the visual tokens of an image of (width, height)
+        `image_size`, of the global view's grid token under each point (x, y) in the image's own
+        pixels (the padding and resizing of the view applied). `part` names the grid segment
+        when the mixer lays out several (one per encoder in `sequence_concat`)."""
+        cells = self.mixer.grid_cells("global")
+        if not cells:
+            raise ValueError(
+                f"{type(self.mixer).__name__} lays out no grid tokens (query encoders only), so "
+                "no token lies under a point"
+            )
+        if part is None:
+            if len(cells) > 1:
+                raise ValueError(f"The mixer has grid parts {sorted(cells)}; choose one with part=")
+            part = next(iter(cells))
+        if part not in cells:
+            raise ValueError(f"Unknown grid part {part!r}; the mixer has {sorted(cells)}")
+        points = torch.as_tensor(points, dtype=torch.float64).reshape(-1, 2)
+        layout = self.layout(image_size)
+        width, height = image_size
+        x0, y0, x1, y1 = layout.content_box
+        canvas_w, canvas_h = layout.canvas_size  # the global view is the whole canvas
+        table = cells[part]
+        rows, cols = table.shape
+        x = (x0 + points[:, 0] * (x1 - x0) / width) / canvas_w
+        y = (y0 + points[:, 1] * (y1 - y0) / height) / canvas_h
+        col = (x * cols).floor().long().clamp(0, cols - 1)
+        row = (y * rows).floor().long().clamp(0, rows - 1)
+        return table[row, col]
+
     def segments(self, kinds: Sequence[ViewKind]) -> list[Segment]:
         """The labelled token ranges of an image whose views have `kinds`."""
         kinds = tuple(kinds)

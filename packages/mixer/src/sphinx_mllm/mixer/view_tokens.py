@@ -96,6 +96,14 @@ class ViewTokenFormat(nn.Module):
         rows, cols = self.output_grid(grid, kind)
         return int(leading) + rows * (cols + int(self.row_separator is not None))
 
+    def cell_indices(self, grid: Grid, leading: bool, kind: ViewKind) -> torch.Tensor:
+        """`[rows, cols]` long: where each cell of the (pooled) grid lies within the grid part
+        that `format_grid` makes (after the leading token, rows separated when they are)."""
+        rows, cols = self.output_grid(grid, kind)
+        stride = cols + int(self.row_separator is not None)
+        row_starts = torch.arange(rows).unsqueeze(1) * stride
+        return int(leading) + row_starts + torch.arange(cols).unsqueeze(0)
+
     def format_grid(
         self, tokens: torch.Tensor, grid: Grid, leading: bool, kind: ViewKind
     ) -> torch.Tensor:

@@ -8,10 +8,13 @@ data:
 eval:
   - {path: val.jsonl, images: data/}
 train: {stage: finetune, max_steps: 1000, lr: 2.0e-5, global_batch_size: 32}
+grounding:                       # optional: grounded pretraining of the visual stack first
+  {instances: instances_train.json, images: data/train, steps: 300}
 ```
 
 With no data at all, the run is the embedded demo: the synthetic multi-task data of sphinx-data
-is generated into the run directory and split into train and held-out records.
+is generated into the run directory and split into train and held-out records; its encoders are
+first pretrained on the synthetic objects' boxes (`grounding`), then frozen while the MLLM trains.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import yaml
 
 from sphinx_mllm.pipeline.config import ModelConfig, set_path
 from sphinx_mllm.pipeline.training.data import DataSource
+from sphinx_mllm.pipeline.training.grounding import GroundingConfig
 from sphinx_mllm.pipeline.training.trainer import TrainConfig
 
 DEMO_TASK_WEIGHTS = {
@@ -42,6 +46,10 @@ DEMO_TASK_WEIGHTS = {
 # multi_round: the training questions of an image in one conversation (LLaVA-1.5's treatment of
 # VQAv2 and RefCOCO), so one visual forward pass teaches all of them
 DEMO_SYNTHETIC = {"seed": 0, "train": 3000, "val": 50, "multi_round": 1}
+# the demo's encoders start from random weights: grounded pretraining on the synthetic objects
+# (about 40 s) teaches them shape as well as colour, which the MLLM's loss alone does not
+DEMO_GROUNDING = {"steps": 300, "batch_size": 32, "lr": 1e-3}
+GROUNDING_PATHS = ("instances", "images", "eval_instances", "eval_images")
 
 
 @dataclass
@@ -54,6 +62,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_limit: int | None = None
     synthetic: dict[str, int] | None = None  # the demo's data (seed, train, val, multi_round)
+    # GroundingConfig fields; the synthetic demo supplies the instances and images itself
+    grounding: dict[str, Any] | None = None
 
     @classmethod
     def from_yaml_file(cls, path: Path) -> RunConfig:
@@ -85,6 +95,7 @@ class RunConfig:
             train=TrainConfig(**train),
             eval_limit=data.get("eval_limit"),
             synthetic=data.get("synthetic"),
+            grounding=_grounding(data.get("grounding"), base),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,7 +107,7 @@ class RunConfig:
             "train": dataclasses.asdict(self.train),
             "eval_limit": self.eval_limit,
             "synthetic": self.synthetic,
-        }
+        } | ({"grounding": dict(self.grounding)} if self.grounding is not None else {})
 
     def with_settings(self, settings: list[str]) -> RunConfig:
         """Apply `key=value` settings (`lr=1e-3`, `train.max_steps=50`, `eval_limit=20`,
@@ -123,7 +134,7 @@ def demo_run_config() -> RunConfig:
     return RunConfig(
         model="demo",
         train=TrainConfig(
-            stage="full",
+            stage="finetune",  # the encoders, grounded first, stay frozen
             max_steps=1500,
             global_batch_size=32,
             lr=1.5e-3,
@@ -134,10 +145,11 @@ def demo_run_config() -> RunConfig:
             max_length=512,
             checkpoint_every=200,
             keep_last=2,
-            max_minutes=12.5,
+            max_minutes=11.75,
         ),
         eval_limit=200,
         synthetic=dict(DEMO_SYNTHETIC),
+        grounding=dict(DEMO_GROUNDING),
     )
 
 
@@ -191,6 +203,45 @@ def synthetic_sources(run_dir: Path) -> tuple[list[DataSource], list[DataSource]
         for task in DEMO_TASK_WEIGHTS
     ]
     return train, held_out
+
+
+def grounding_config(run: RunConfig, run_dir: Path) -> GroundingConfig | None:
+    """The run's grounded pretraining, the synthetic demo's instances filled in."""
+    if run.grounding is None:
+        return None
+    settings = dict(run.grounding)
+    if "instances" not in settings:
+        if run.synthetic is None:
+            raise ValueError(
+                "grounding needs instances (a COCO instances file) and images (its image root)"
+            )
+        root = run_dir / "data"
+        settings.setdefault("instances", root / "instances_train.json")
+        settings.setdefault("images", root / "images" / "train")
+        settings.setdefault("eval_instances", root / "instances_val.json")
+        settings.setdefault("eval_images", root / "images" / "val")
+    if "images" not in settings:
+        raise ValueError(f"grounding names instances {settings['instances']} but no images root")
+    return GroundingConfig(**settings)
+
+
+def _grounding(item: Any, base: Path) -> dict[str, Any] | None:
+    if item is None:
+        return None
+    if not isinstance(item, dict):
+        raise ValueError(f"grounding is a mapping of {_GROUNDING_FIELDS}, got {item!r}")
+    unknown = sorted(set(item) - set(_GROUNDING_FIELDS))
+    if unknown:
+        raise ValueError(f"Unknown grounding field(s) {unknown}; expected {_GROUNDING_FIELDS}")
+    settings = dict(item)
+    for key in GROUNDING_PATHS:
+        if settings.get(key) is not None:
+            path = Path(settings[key])
+            settings[key] = str(path if path.is_absolute() else base / path)
+    return settings
+
+
+_GROUNDING_FIELDS = [f.name for f in dataclasses.fields(GroundingConfig)]
 
 
 def _source(item: Any, base: Path) -> DataSource:

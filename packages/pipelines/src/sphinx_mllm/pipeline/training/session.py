@@ -2,6 +2,7 @@
 the final model, score the held-out data and leave the figures in the run directory.
 
     RUN/run.yaml            the resolved run (model, data, train settings)
+    RUN/grounding.jsonl     grounded pretraining of the visual stack, when the run has it
     RUN/metrics.jsonl       one line per step
     RUN/checkpoints/        resumable checkpoints (the last k)
     RUN/model/              the trained model (SphinxModel.from_pretrained)
@@ -26,6 +27,7 @@ from sphinx_mllm.pipeline.training.run import (
     RunConfig,
     demo_run_config,
     generate_synthetic,
+    grounding_config,
     synthetic_sources,
 )
 from sphinx_mllm.pipeline.training.state import list_checkpoints
@@ -78,9 +80,11 @@ def resolve_run(
         run = RunConfig.from_yaml_file(config_file)
     else:
         run = demo_run_config()
-        if data:  # the demo's settings on the user's own data
+        if data:  # the demo's settings on the user's own data, which has no boxes to ground
             run.synthetic = None
             run.train.max_minutes = 0.0
+            run.grounding = None
+            run.train.stage = "full"  # so its randomly initialised encoders train
     if preset is not None:
         run.model = preset
     if data:
@@ -135,6 +139,7 @@ def run_training(
         dist.barrier()
         train_sources, held_out = synthetic_sources(out)
         run.data, run.eval = train_sources, run.eval or held_out
+    grounding = grounding_config(run, out)
     torch.manual_seed(run.train.seed)
     config = resolve_config(run.model)
     model = build_model(config, device=dist.device)
@@ -143,6 +148,18 @@ def run_training(
         run_record = run.to_dict() | {"model": config.to_dict()}
         (out / "run.yaml").write_text(yaml.safe_dump(run_record, sort_keys=False))
     started = time.perf_counter()
+    if grounding is not None and not (resume and list_checkpoints(out)):
+        # every process grounds alike (same seed, same batches), so their weights agree
+        from sphinx_mllm.pipeline.training.grounding import pretrain_visual_grounding
+
+        grounded = pretrain_visual_grounding(
+            model,
+            grounding,
+            seed=run.train.seed,
+            log_file=out / "grounding.jsonl" if dist.is_main else None,
+            progress=progress and dist.is_main,
+        )
+        say(grounded.summary())
     training_data = TrainingData.build(model, run.data, max_length=run.train.max_length)
     say(training_data.report.summary())
     say(
@@ -178,7 +195,7 @@ def run_training(
     return summary
 
 
-RUN_OUTPUTS = ("checkpoints", "model", "metrics.jsonl", "eval.json", "run.yaml")
+RUN_OUTPUTS = ("checkpoints", "model", "metrics.jsonl", "grounding.jsonl", "eval.json", "run.yaml")
 
 
 def _clear_run(out: Path) -> None:

@@ -1,0 +1,244 @@
+"""Grounded pretraining of the visual stack: teach the encoders what lies where before the LLM
+sees them, from detection boxes (a COCO instances file).
+
+SPHINX starts from encoders pretrained on hundreds of millions of images and keeps them frozen.
+A model whose encoders start from random weights (the demo, or a user's own small encoder) has no
+such start, and language-model training alone teaches them little: the answer tokens reward the
+easiest cue (colour) and erode the rest. This stage gives the encoders that start on the task's
+own images: a linear head reads the global view's grid token under each object's centre
+(`VisualStack.grid_tokens_at`) and is trained, with the whole visual stack, to name the object's
+category. The head is then dropped; training the MLLM with the encoders frozen (stage
+`finetune`) keeps what they learned.
+
+    RUN/grounding.jsonl   one line per step: loss and the accuracy of the step's batch
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from sphinx_mllm.data.readers.coco import CocoFile
+
+
+@dataclass
+class GroundingConfig:
+    """Where the boxes are and how long to train. `eval_instances` (optional) is a held-out
+    instances file whose objects are scored after training."""
+
+    instances: Path
+    images: Path
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    eval_instances: Path | None = None
+    eval_images: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.instances = Path(self.instances)
+        self.images = Path(self.images)
+        self.eval_instances = Path(self.eval_instances) if self.eval_instances else None
+        self.eval_images = Path(self.eval_images) if self.eval_images else None
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"grounding {name} must be a positive int, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"grounding lr must be positive, got {self.lr!r}")
+
+
+@dataclass(frozen=True)
+class GroundedImage:
+    """One image and its objects: the token under each object's centre and its class index."""
+
+    path: Path
+    tokens: tuple[int, ...]
+    labels: tuple[int, ...]
+
+
+@dataclass
+class GroundingResult:
+    steps: int
+    seconds: float
+    final_loss: float
+    train_accuracy: float  # over the last 10% of steps (at least one)
+    held_out_accuracy: float | None
+    objects: int
+    classes: int
+
+    def summary(self) -> str:
+        held_out = (
+            f", held-out objects {self.held_out_accuracy:.3f}"
+            if self.held_out_accuracy is not None
+            else ""
+        )
+        return (
+            f"grounded visual pretraining: {self.steps} steps in {self.seconds:.0f} s on "
+            f"{self.objects:,} objects of {self.classes} categories; final loss "
+            f"{self.final_loss:.3f}, category accuracy: last steps {self.train_accuracy:.3f}"
+            f"{held_out}"
+        )
+
+
+def grounded_images(
+    model: Any, instances: Path, images: Path, classes: dict[int, int] | None = None
+) -> tuple[list[GroundedImage], dict[int, int]]:
+    """The images of a COCO instances file with at least one object, each object as (token
+    under its box centre, class index); `classes` maps category ids to class indices (made from
+    the file's categories, in id order, when not given)."""
+    coco = CocoFile(instances)  # a bad record raises, naming the file and the record
+    if classes is None:
+        classes = {category: index for index, category in enumerate(sorted(coco.categories))}
+    grounded = []
+    for image_id, objects in sorted(coco.objects_by_image().items()):
+        objects = [o for o in objects if not o.iscrowd and o.category_id in classes]
+        if not objects:
+            continue
+        image = coco.images[image_id]
+        centres = [(x + w / 2, y + h / 2) for x, y, w, h in (o.bbox for o in objects)]
+        tokens = model.visual.grid_tokens_at(image.size, centres)
+        grounded.append(
+            GroundedImage(
+                images / image.file_name,
+                tuple(tokens.tolist()),
+                tuple(classes[o.category_id] for o in objects),
+            )
+        )
+    if not grounded:
+        raise ValueError(f"{instances}: no image has an annotated object to ground")
+    return grounded, classes
+
+
+class GroundingHead(nn.Module):
+    """A linear classifier over the visual tokens at given positions."""
+
+    def __init__(self, width: int, classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, classes)
+
+    def forward(self, tokens: torch.Tensor, batch: list[GroundedImage]) -> torch.Tensor:
+        rows = torch.tensor([i for i, item in enumerate(batch) for _ in item.tokens])
+        columns = torch.tensor([token for item in batch for token in item.tokens])
+        picked = tokens[rows.to(tokens.device), columns.to(tokens.device)]
+        return self.linear(picked.float())
+
+
+def pretrain_visual_grounding(
+    model: Any,
+    config: GroundingConfig,
+    *,
+    seed: int = 0,
+    log_file: Path | None = None,
+    progress: bool = True,
+    on_step: Callable[[int, float, float], None] | None = None,
+) -> GroundingResult:
+    """Train `model.visual` (encoders and mixer) with a linear head to name the category of the
+    object under each grid token; leaves the visual stack in train mode with its encoders
+    trainable (the MLLM stage freezes them as it chooses)."""
+    started = time.perf_counter()
+    items, classes = grounded_images(model, config.instances, config.images)
+    visual = model.visual
+    device = next(visual.parameters()).device
+    for encoder in visual.encoders.values():
+        encoder.unfreeze()
+    visual.train()
+    visual.requires_grad_(True)
+    head = GroundingHead(visual.out_dim, len(classes)).to(device)
+    optimizer = torch.optim.Adam([*visual.parameters(), *head.parameters()], lr=config.lr)
+    order = random.Random(seed)
+    bar = _progress_bar(config.steps) if progress else None
+    losses, accuracies = [], []
+    log = log_file.open("w") if log_file is not None else None
+    try:
+        for step in range(1, config.steps + 1):
+            batch = [items[order.randrange(len(items))] for _ in range(config.batch_size)]
+            logits = head(_encode(model, batch, device), batch)
+            labels = torch.tensor([label for item in batch for label in item.labels], device=device)
+            loss = F.cross_entropy(logits, labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"grounded visual pretraining: the loss is {loss.item()} at step {step}; "
+                    "lower its lr"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            accuracy = (logits.argmax(-1) == labels).float().mean().item()
+            losses.append(loss.item())
+            accuracies.append(accuracy)
+            if log is not None:
+                log.write(json.dumps({"step": step, "loss": losses[-1], "accuracy": accuracy}))
+                log.write("\n")
+            if bar is not None:
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{accuracy:.2f}", refresh=False)
+                bar.update()
+            if on_step is not None:
+                on_step(step, losses[-1], accuracy)
+    finally:
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
+        optimizer.zero_grad(set_to_none=True)
+    held_out = None
+    if config.eval_instances is not None:
+        held_out = grounding_accuracy(
+            model, head, config.eval_instances, config.eval_images or config.images, classes
+        )
+    tail = max(1, config.steps // 10)
+    return GroundingResult(
+        steps=config.steps,
+        seconds=time.perf_counter() - started,
+        final_loss=sum(losses[-tail:]) / tail,
+        train_accuracy=sum(accuracies[-tail:]) / tail,
+        held_out_accuracy=held_out,
+        objects=sum(len(item.labels) for item in items),
+        classes=len(classes),
+    )
+
+
+@torch.no_grad()
+def grounding_accuracy(
+    model: Any, head: GroundingHead, instances: Path, images: Path, classes: dict[int, int]
+) -> float:
+    """The head's category accuracy on the objects of another instances file."""
+    items, _ = grounded_images(model, instances, images, classes)
+    visual = model.visual
+    was_training = visual.training
+    visual.eval()
+    device = next(visual.parameters()).device
+    correct = total = 0
+    for start in range(0, len(items), 64):
+        batch = items[start : start + 64]
+        logits = head(_encode(model, batch, device), batch)
+        labels = torch.tensor([label for item in batch for label in item.labels], device=device)
+        correct += int((logits.argmax(-1) == labels).sum())
+        total += len(labels)
+    visual.train(was_training)
+    return correct / total
+
+
+def _encode(model: Any, batch: list[GroundedImage], device: torch.device) -> torch.Tensor:
+    views = []
+    for item in batch:
+        if not item.path.is_file():
+            raise FileNotFoundError(f"grounded visual pretraining: no image at {item.path}")
+        with Image.open(item.path) as image:
+            views.append(model.preprocess(image.convert("RGB")).to(device))
+    return model.visual(views).tokens
+
+
+def _progress_bar(total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="ground", unit="step")
