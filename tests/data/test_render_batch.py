@@ -14,6 +14,7 @@ from sphinx_mllm.data.templates import (
     CHATML,
     SPHINX,
     VICUNA_V1,
+    ChatTemplate,
     ConversationError,
     TokenizationError,
     TokenizerAdapter,
@@ -150,6 +151,85 @@ def test_hugging_face_tokenizer_batches_give_the_same_samples(bpe_model, no_fall
             for i, c in enumerate(conversations)
         ]
         assert render_batch(template, conversations, adapter, image_token=IMAGE) == expected
+
+
+EDGE_MESSAGES = [
+    "<image>", "<image><image>", "", "<image>\n", "\n<image>", "a<image>b<image>", "{0} {x}",
+    "\ue000" + "0\ue001 sentinel look-alike", "}{", " Human: {message}", "<|im_start|>",
+]  # fmt: skip
+BRACES = ChatTemplate(
+    name="braces",
+    summary="template text with braces and a system prompt",
+    system_template="{{sys}} {system}\n",
+    system_prompt="Be {brief}.",
+    user_template="{bos}Q{{1}}: {message} }}",
+    assistant_prefix="A{0}:",
+    reply_lead=" ",
+    end_marker="{eos}",
+)
+
+
+def edge_conversations() -> list[list[dict]]:
+    """Every edge message as a first and as a later question, with replies that hold braces."""
+    result = []
+    for index, message in enumerate(EDGE_MESSAGES):
+        reply = {"from": "gpt", "value": f"{{{index}}} ok }}"}
+        later = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yes"}]
+        result.append([{"from": "human", "value": message}, reply])
+        result.append([*later, {"from": "user", "value": message}, reply])
+        result.append([{"from": "system", "value": message}, *later])
+    return result
+
+
+@pytest.mark.parametrize(
+    "template", [*BUILTIN_TEMPLATES.values(), BRACES], ids=[*BUILTIN_TEMPLATES, "braces"]
+)
+def test_layout_plans_reproduce_edge_shapes(template, sentencepiece_model):
+    """Images at the edges of messages, empty messages, braces and sentinel look-alikes in
+    messages and templates: laid out by shape, they give what `render` gives (or its error)."""
+    adapter = as_text_tokenizer(sentencepiece_model)
+    conversations = edge_conversations()
+    for images in (None, 1, 2):
+        counts = [images] * len(conversations)
+        expected = []
+        for index, conversation in enumerate(conversations):
+            try:
+                expected.append(
+                    render(
+                        template, conversation, adapter, image_token=IMAGE, image_token_count=3,
+                        num_images=images, sample_id=str(index),
+                    )
+                )  # fmt: skip
+            except ConversationError as error:
+                expected.append(str(error))
+        for index in range(len(conversations)):
+            try:
+                got = render_batch(
+                    template, conversations[index : index + 1], adapter, image_token=IMAGE,
+                    image_token_count=3, num_images=counts[index : index + 1],
+                    sample_ids=[str(index)],
+                )[0]  # fmt: skip
+            except ConversationError as error:
+                got = str(error)
+            assert got == expected[index], (images, conversations[index])
+
+
+def test_conversations_of_one_shape_share_a_plan(sentencepiece_model):
+    from sphinx_mllm.data.templates.layout import PieceBuilder
+    from sphinx_mllm.data.templates.plans import LayoutPlans
+
+    adapter = as_text_tokenizer(sentencepiece_model)
+    plans = LayoutPlans(PieceBuilder(SPHINX, adapter, IMAGE, 1))
+    conversations = random_conversations(60, seed=2, system=True)
+    found = [plans.find(c, None) for c in conversations]
+    covered = [f for f in found if f is not None]
+    shapes = {id(plan) for plan, _ in covered}
+    assert len(covered) >= 40 and len(shapes) < len(covered) / 2
+    bad = [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]
+    assert plans.find(bad, None) is None  # the general way raises its error
+    assert (
+        plans.find([{"from": "human", "value": "a"}, {"from": "gpt", "value": " "}], None) is None
+    )
 
 
 # -- batching -------------------------------------------------------------------------------
@@ -335,3 +415,15 @@ def test_the_garbage_collector_state_is_restored(adapter, collector_on):
         assert gc.isenabled() == collector_on
     finally:
         gc.enable() if was_enabled else gc.disable()
+
+
+def test_sentencepiece_never_encodes_text_as_a_control_piece(sentencepiece_model):
+    """Why a batch may skip looking for special ids in SentencePiece's output: text that spells
+    its control pieces stays text."""
+    adapter = as_text_tokenizer(sentencepiece_model)
+    assert not adapter.text_makes_special
+    controls = [sentencepiece_model.id_to_piece(i) for i in adapter._backend.special_ids]
+    assert {"<s>", "</s>"} <= set(controls)
+    text = " ".join(controls) + "".join(controls) + " <unk> <pad>"
+    for start in (True, False):
+        assert not adapter.has_special(adapter.encode_text(text, sequence_start=start))

@@ -1,9 +1,11 @@
 """Render many conversations at once: the same `RenderedSample`s as `render` on each, with the
 tokenizer called in batches instead of once per piece.
 
-The text pieces of all conversations are encoded in one batched call per kind (the start of a
-sequence, the middle of one), checked in batch (ids present, no special token, decoding back to
-exactly the text) and assembled; the whole id sequences are then decoded in batch and compared
+Conversations are laid out by shape (`plans`): the pieces of each shape once, then each
+conversation's texts formatted into them. The text pieces of all conversations are encoded in one
+batched call per kind (the start of a sequence, the middle of one), checked in batch (ids
+present, no special token where the tokenizer can make one from text, decoding back to exactly
+the text) and assembled; the whole id sequences are then decoded in batch and compared
 with the rendered texts, as `render` does one by one (unless the tokenizer decodes
 piecewise). Pieces made only of template text (role prefixes, separators, the default system
 prompt) are the same in every conversation: their checked ids are kept per tokenizer and not
@@ -23,10 +25,12 @@ from itertools import chain
 from typing import Any
 
 from sphinx_mllm.data.templates.base import ChatTemplate
-from sphinx_mllm.data.templates.conversation import ConversationError, Role
+from sphinx_mllm.data.templates.conversation import ConversationError
 from sphinx_mllm.data.templates.layout import Piece, PieceBuilder
+from sphinx_mllm.data.templates.plans import LayoutPlans, text_pieces
 from sphinx_mllm.data.templates.rendering import (
     RenderedSample,
+    Skeleton,
     assemble,
     lay_out,
     render,
@@ -79,14 +83,18 @@ def render_batch(
             sample_id=ids[index],
         )
 
-    batch = _Batch(template, tok, PieceBuilder(template, tok, image_token, image_token_count))
     with _cyclic_gc_paused():
+        batch = _Batch(template, tok, PieceBuilder(template, tok, image_token, image_token_count))
         for index, conversation in enumerate(conversations):
             batch.add(index, conversation, counts[index], ids[index])
         try:
             samples = batch.render(ids)
         except TokenizationError:  # a text no anchor can carry: `render` names its sample
-            return [one_by_one(index) for index in range(len(conversations))]
+            samples = None
+        # freed now, so that the collector, back on, does not walk the layouts' pieces
+        del batch
+    if samples is None:
+        return [one_by_one(index) for index in range(len(conversations))]
     return [
         sample if sample is not None else one_by_one(index) for index, sample in enumerate(samples)
     ]
@@ -107,8 +115,9 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-_Layout = tuple[list[Role], list[Piece], list[Sequence[int]]]
-"""A conversation's roles, pieces and the ids of each piece (text pieces: filled in later)."""
+_Layout = tuple[Skeleton, list[Piece], list[Sequence[int]], list[str]]
+"""A conversation's skeleton, pieces, the ids of each piece (text pieces: filled in later) and
+the text of each piece (a plan's pieces are shared by the conversations of a shape)."""
 _Slot = tuple[int, list[Sequence[int]], int]
 """Where a text piece's ids go: (conversation index, that conversation's piece ids, position)."""
 
@@ -121,6 +130,7 @@ class _Batch:
         self.tokenizer = tokenizer
         self.builder = builder
         self.cache = _template_ids(tokenizer)
+        self.plans = LayoutPlans(builder)
         self.layouts: list[_Layout | None] = []
         # Message pieces to encode, by sequence_start, each with where its ids go; template-only
         # pieces not cached yet are encoded once per batch, by (text, sequence_start).
@@ -135,27 +145,36 @@ class _Batch:
         num_images: int | None,
         sample_id: str,
     ) -> None:
-        try:
-            roles, pieces = lay_out(self.builder, conversation, num_images, sample_id)
-        except ConversationError:
-            self.layouts.append(None)  # `render` raises it again, in order
-            return
-        piece_ids: list[Sequence[int]] = [piece.token_ids for piece in pieces]
-        start = True
-        for position, piece in enumerate(pieces):
-            if piece.token_ids:
-                continue
-            if not piece.from_template:
-                self.texts[start].append(piece.text)
+        found = self.plans.find(conversation, num_images)
+        if found is None:
+            try:
+                roles, pieces = lay_out(self.builder, conversation, num_images, sample_id)
+            except ConversationError:
+                self.layouts.append(None)  # `render` raises it again, in order
+                return
+            texts = [piece.text for piece in pieces]
+            skeleton = Skeleton.of(roles, pieces)
+            piece_ids: list[Sequence[int]] = [piece.token_ids for piece in pieces]
+            order = text_pieces(pieces)
+        else:
+            plan, parts = found
+            skeleton, pieces, texts = plan.skeleton, plan.pieces, plan.texts(parts)
+            piece_ids, order = list(plan.fixed_ids), plan.text_pieces
+            if plan.droppable and not all(texts):  # a piece of one empty message text
+                kept = [position for position, text in enumerate(texts) if text]
+                pieces, texts = [pieces[i] for i in kept], [texts[i] for i in kept]
+                skeleton = Skeleton.of(skeleton.roles, pieces)
+                piece_ids, order = [piece.token_ids for piece in pieces], text_pieces(pieces)
+        for position, start, from_template in order:
+            text = texts[position]
+            if not from_template:
+                self.texts[start].append(text)
                 self.slots[start].append((index, piece_ids, position))
-            elif (cached := self.cache.get((piece.text, start))) is not None:
+            elif (cached := self.cache.get((text, start))) is not None:
                 piece_ids[position] = cached
             else:
-                self.constants.setdefault((piece.text, start), []).append(
-                    (index, piece_ids, position)
-                )
-            start = False
-        self.layouts.append((roles, pieces, piece_ids))
+                self.constants.setdefault((text, start), []).append((index, piece_ids, position))
+        self.layouts.append((skeleton, pieces, piece_ids, texts))
 
     def render(self, sample_ids: list[str]) -> list[RenderedSample | None]:
         """The samples whose every check passes; None for the others."""
@@ -168,8 +187,8 @@ class _Batch:
         for index, layout in enumerate(self.layouts):
             if layout is None or index in failed:
                 continue
-            roles, pieces, piece_ids = layout
-            sample = assemble(self.template, sample_ids[index], roles, pieces, piece_ids)
+            skeleton, pieces, piece_ids, texts = layout
+            sample = assemble(self.template, sample_ids[index], skeleton, piece_ids, "".join(texts))
             samples[index] = sample
             if not piecewise:
                 plan = _decode_plan(self.tokenizer, self.template, sample, pieces, piece_ids)
@@ -186,19 +205,20 @@ class _Batch:
         texts = [*self.texts[start], *(text for text, kind in self.constants if kind == start)]
         encoded, decoded = _round_trip_many(self.tokenizer, texts, start)
         has_special = _special_test(self.tokenizer)
-        any_special = has_special(chain.from_iterable(encoded))
+        any_special = getattr(self.tokenizer, "text_makes_special", True) and has_special(
+            chain.from_iterable(encoded)
+        )
         failed = set()
-        for number, (text, ids, back) in enumerate(zip(texts, encoded, decoded, strict=True)):
-            good = ids and back == text and not (any_special and has_special(ids))
-            if number < len(slots):
-                index, piece_ids, position = slots[number]
-                if good:
-                    piece_ids[position] = ids
-                else:
-                    failed.add(index)
-                continue
+        count = len(slots)
+        messages = zip(slots, texts[:count], encoded[:count], decoded[:count], strict=True)
+        for (index, piece_ids, position), text, ids, back in messages:
+            if ids and back == text and not (any_special and has_special(ids)):
+                piece_ids[position] = ids
+            else:
+                failed.add(index)
+        for text, ids, back in zip(texts[count:], encoded[count:], decoded[count:], strict=True):
             waiting = self.constants[(text, start)]
-            if good:
+            if ids and back == text and not (any_special and has_special(ids)):
                 self.cache[(text, start)] = ids
                 for _, piece_ids, position in waiting:
                     piece_ids[position] = ids

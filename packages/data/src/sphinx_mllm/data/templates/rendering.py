@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from itertools import accumulate
+from typing import Any, NamedTuple
 
 from sphinx_mllm.data.templates.base import ChatTemplate
 from sphinx_mllm.data.templates.conversation import ConversationError, Role, read_conversation
@@ -33,8 +34,7 @@ IGNORE_INDEX = -100
 """The label of a position that carries no loss (PyTorch's `cross_entropy` default)."""
 
 
-@dataclass(frozen=True)
-class ImageSpan:
+class ImageSpan(NamedTuple):
     """The token positions `[start, end)` that hold one image's placeholder ids."""
 
     start: int
@@ -45,8 +45,7 @@ class ImageSpan:
         return self.end - self.start
 
 
-@dataclass(frozen=True)
-class TurnSpan:
+class TurnSpan(NamedTuple):
     """The token positions `[start, end)` of one turn, template text included."""
 
     role: Role
@@ -54,7 +53,7 @@ class TurnSpan:
     end: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RenderedSample:
     """Token ids and labels of one conversation (labels are `IGNORE_INDEX` outside replies)."""
 
@@ -107,7 +106,8 @@ def render(
         _encode_piece(tok, piece, index == start, sample_id) if piece.is_text else piece.token_ids
         for index, piece in enumerate(pieces)
     ]
-    sample = assemble(template, sample_id, roles, pieces, piece_ids)
+    text = "".join([piece.text for piece in pieces])
+    sample = assemble(template, sample_id, Skeleton.of(roles, pieces), piece_ids, text)
     if not getattr(tok, "piecewise_decoding", False):
         _check_whole_decode(tok, template, sample)
     return sample
@@ -136,42 +136,66 @@ def first_text_piece(pieces: Sequence[Piece]) -> int:
     return -1
 
 
+@dataclass(frozen=True, slots=True)
+class Skeleton:
+    """Where the parts of a layout are, by piece index: the labelled pieces, the image pieces,
+    and each turn's first and last piece (None for a turn without pieces). Conversations of one
+    shape share it (`plans`)."""
+
+    roles: tuple[Role, ...]
+    labelled: tuple[int, ...]
+    images: tuple[int, ...]
+    turns: tuple[tuple[int, int] | None, ...]
+
+    @classmethod
+    def of(cls, roles: Sequence[Role], pieces: Sequence[Piece]) -> Skeleton:
+        bounds: list[tuple[int, int] | None] = [None] * len(roles)
+        for index, piece in enumerate(pieces):
+            if piece.turn >= 0:
+                first = bounds[piece.turn]
+                bounds[piece.turn] = (first[0] if first else index, index)
+        return cls(
+            tuple(roles),
+            tuple(i for i, piece in enumerate(pieces) if piece.labelled),
+            tuple(i for i, piece in enumerate(pieces) if piece.is_image),
+            tuple(bounds),
+        )
+
+
 def assemble(
     template: ChatTemplate,
     sample_id: str,
-    roles: Sequence[Role],
-    pieces: Sequence[Piece],
+    skeleton: Skeleton,
     piece_ids: Sequence[Sequence[int]],
+    text: str,
 ) -> RenderedSample:
-    """The sample from its pieces and their checked ids."""
-    input_ids: list[int] = []
-    labels: list[int] = []
-    image_spans: list[ImageSpan] = []
-    bounds: list[tuple[int, int] | None] = [None] * len(roles)
-    for piece, ids in zip(pieces, piece_ids, strict=True):
-        start = len(input_ids)
-        input_ids += ids
-        labels += ids if piece.labelled else [IGNORE_INDEX] * len(ids)
-        end = len(input_ids)
-        if piece.is_image:
-            image_spans.append(ImageSpan(start, end))
-        turn = piece.turn
-        if turn >= 0:
-            span = bounds[turn]
-            bounds[turn] = (span[0], end) if span else (start, end)
+    """The sample from its layout's skeleton, the checked ids of its pieces and its text."""
+    lengths = [*map(len, piece_ids)]
+    ends = [*accumulate(lengths)]
+    total = ends[-1] if ends else 0
+    joined: list[int] = []
+    for ids in piece_ids:  # twice as fast as chain.from_iterable for these short runs
+        joined += ids
+    input_ids = tuple(joined)
+    labels = [IGNORE_INDEX] * total
+    for index in skeleton.labelled:
+        labels[ends[index] - lengths[index] : ends[index]] = piece_ids[index]
     turns = []
-    previous_end = next((span[0] for span in bounds if span), len(input_ids))
-    for role, span in zip(roles, bounds, strict=True):
-        start, end = span if span else (previous_end, previous_end)
-        turns.append(TurnSpan(role, start, end))
-        previous_end = end
+    previous_end = next((ends[b[0]] - lengths[b[0]] for b in skeleton.turns if b), total)
+    for role, bounds in zip(skeleton.roles, skeleton.turns, strict=True):
+        if bounds is None:  # a turn with no tokens sits where the previous one ended
+            turns.append(TurnSpan(role, previous_end, previous_end))
+            continue
+        first, last = bounds
+        previous_end = ends[last]
+        turns.append(TurnSpan(role, ends[first] - lengths[first], previous_end))
     return RenderedSample(
         sample_id=sample_id,
         template=template.name,
-        text="".join([piece.text for piece in pieces]),
-        input_ids=tuple(input_ids),
+        text=text,
+        input_ids=input_ids,
         labels=tuple(labels),
-        image_spans=tuple(image_spans),
+        image_spans=tuple(ImageSpan(ends[i] - lengths[i], ends[i]) for i in skeleton.images),
         turns=tuple(turns),
     )
 

@@ -79,6 +79,9 @@ class _SentencePieceBackend:
     # except the dummy-prefix space dropped at the start of a sequence, which the anchors handle,
     # and byte pieces, which a piece checked to decode to its own text holds whole characters of.
     piecewise_decoding = True
+    # The encoder never emits a control piece (SentencePiece matches only normal and
+    # user-defined pieces in text), and the control pieces are exactly `special_ids`.
+    text_makes_special = False
 
     def __init__(self, processor: Any) -> None:
         self._sp = processor
@@ -110,6 +113,7 @@ class _SentencePieceBackend:
 
 class _HuggingFaceBackend:
     piecewise_decoding = False  # decoders such as WordPiece's or Metaspace's look at neighbours
+    text_makes_special = True  # added special tokens are matched in text
 
     def __init__(self, tokenizer: Any) -> None:
         self._tok = tokenizer
@@ -157,6 +161,7 @@ class _HuggingFaceBackend:
 
 class _TokenizersBackend:
     piecewise_decoding = False
+    text_makes_special = True  # added special tokens are matched in text
 
     def __init__(self, tokenizer: Any) -> None:
         self._tok = tokenizer
@@ -217,6 +222,12 @@ class TokenizerAdapter:
         part decodes to its own text (see `rendering`: the whole-sequence check is then
         redundant and skipped)."""
         return self._backend.piecewise_decoding
+
+    @property
+    def text_makes_special(self) -> bool:
+        """Whether encoding text can give a special id at all (False for SentencePiece, which
+        never emits its control pieces): where it cannot, a batch skips looking for them."""
+        return getattr(self._backend, "text_makes_special", True)
 
     @property
     def eos_id(self) -> int | None:
@@ -303,7 +314,9 @@ class TokenizerAdapter:
         fails), in one batched call of the tokenizer where it has one."""
         plain = sequence_start or not self.adds_prefix_space
         if plain and all(id_lists):
-            return self._backend.decode_many([list(ids) for ids in id_lists])
+            return self._backend.decode_many(
+                [ids if type(ids) is list else list(ids) for ids in id_lists]
+            )
         filled = [index for index, ids in enumerate(id_lists) if ids]
         if not filled:
             return ["" for _ in id_lists]
