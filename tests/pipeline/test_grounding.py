@@ -35,23 +35,48 @@ def test_each_object_maps_to_the_demo_grid_token_under_its_centre(synthetic):
     config = _config(synthetic)
     items, classes = grounded_images(model, config.instances, config.images)
     annotations = json.loads((synthetic / "instances_train.json").read_text())
-    expected = {}
+    expected: dict[int, dict[int, tuple[float, int]]] = {}  # image -> token -> (area, category)
     for a in annotations["annotations"]:
         x, y, w, h = a["bbox"]
-        cell = int((y + h / 2) // 8) * 8 + int((x + w / 2) // 8)
-        expected.setdefault(a["image_id"], []).append((2 + cell, a["category_id"]))
-    names = {image["id"]: image["file_name"] for image in annotations["images"]}
-    got = {
-        next(i for i, n in names.items() if n == item.path.name): list(
-            zip(item.tokens, item.labels, strict=True)
-        )
-        for item in items
-    }
+        token = 2 + int((y + h / 2) // 8) * 8 + int((x + w / 2) // 8)
+        cell = expected.setdefault(a["image_id"], {})
+        if token not in cell or w * h < cell[token][0]:  # the smaller object keeps the cell
+            cell[token] = (w * h, a["category_id"])
+    names = {image["file_name"]: image["id"] for image in annotations["images"]}
     index = {category: position for position, category in enumerate(sorted(classes))}
-    assert got == {
-        image: [(token, index[category]) for token, category in objects]
-        for image, objects in expected.items()
+    got = {
+        names[item.path.name]: dict(zip(item.tokens, item.labels, strict=True)) for item in items
     }
+    assert got == {
+        image: {token: index[category] for token, (_, category) in cells.items()}
+        for image, cells in expected.items()
+    }
+
+
+def test_dense_grounding_labels_every_cell_and_boxes_in_the_padded_frame(tmp_path):
+    # a 64x32 image (padded to 64x64, 16 px above it): one object at x 8..32, y 4..12
+    instances = tmp_path / "instances.json"
+    instances.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 32}],
+                "categories": [{"id": 5, "name": "thing"}, {"id": 9, "name": "other"}],
+                "annotations": [{"id": 1, "image_id": 1, "category_id": 9, "bbox": [8, 4, 24, 8]}],
+            }
+        )
+    )
+    [item], classes = grounded_images(build_model("demo"), instances, tmp_path, dense=True)
+    assert classes == {5: 0, 9: 1} and item.tokens == tuple(range(2, 66))
+    # in the canvas the object spans x 8..32, y 20..28: cell centres (12|20|28, 20) are inside,
+    # and its centre (20, 24) lies in the cell of row 3, column 2
+    on_object = {2 + 2 * 8 + col for col in (1, 2, 3)} | {2 + 3 * 8 + 2}
+    assert {t for t, label in zip(item.tokens, item.labels, strict=True) if label == 1} == on_object
+    assert all(
+        label == 2 for t, label in zip(item.tokens, item.labels, strict=True) if t not in on_object
+    )
+    box = (8 / 64, 20 / 64, 32 / 64, 28 / 64)
+    assert {b for b in item.boxes if b is not None} == {box}
+    assert sum(b is not None for b in item.boxes) == 4
 
 
 def test_a_short_grounding_run_learns_and_changes_only_the_visual_stack(synthetic, tmp_path):
@@ -73,6 +98,18 @@ def test_a_short_grounding_run_learns_and_changes_only_the_visual_stack(syntheti
     assert any(n.startswith("visual.encoders.") for n in changed)
     assert any(n.startswith("visual.mixer.") for n in changed)
     assert not any(n.startswith("llm.") for n in changed)
+
+
+def test_dense_grounding_with_boxes_learns(synthetic):
+    torch.manual_seed(0)
+    losses = []
+    pretrain_visual_grounding(
+        build_model("demo"),
+        _config(synthetic, steps=30, batch_size=8, dense=True, box_weight=1.0),
+        progress=False,
+        on_step=lambda step, loss, accuracy: losses.append(loss),
+    )
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
 
 
 def test_held_out_objects_are_scored(synthetic):

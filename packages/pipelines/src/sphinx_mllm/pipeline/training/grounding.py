@@ -10,6 +10,12 @@ own images: a linear head reads the global view's grid token under each object's
 category. The head is then dropped; training the MLLM with the encoders frozen (stage
 `finetune`) keeps what they learned.
 
+Two options make the supervision denser: `dense` names what lies under every grid cell (the
+object whose box holds the cell's centre, the smallest if several, else a background class; the
+cell under each object's centre is always that object's), and `box_weight` adds an L1 loss on
+each object's box (corners in the padded-square frame of SPHINX's box text, in [0, 1]) predicted
+from every token the object covers, so the tokens learn where the object's edges are.
+
     RUN/grounding.jsonl   one line per step: loss and the accuracy of the step's batch
 """
 
@@ -28,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from sphinx_mllm.data.readers.coco import CocoFile
+from sphinx_mllm.data.readers.coco import CocoFile, CocoObject
 
 
 @dataclass
@@ -43,6 +49,8 @@ class GroundingConfig:
     lr: float = 1e-3
     eval_instances: Path | None = None
     eval_images: Path | None = None
+    dense: bool = False
+    box_weight: float = 0.0
 
     def __post_init__(self) -> None:
         self.instances = Path(self.instances)
@@ -55,15 +63,23 @@ class GroundingConfig:
                 raise ValueError(f"grounding {name} must be a positive int, got {value!r}")
         if not self.lr > 0:
             raise ValueError(f"grounding lr must be positive, got {self.lr!r}")
+        if not self.box_weight >= 0:
+            raise ValueError(f"grounding box_weight must be >= 0, got {self.box_weight!r}")
+
+
+Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
 class GroundedImage:
-    """One image and its objects: the token under each object's centre and its class index."""
+    """One image and its supervised tokens: each token's class index (the background class
+    past the categories) and the box of the object it belongs to (None for background)."""
 
     path: Path
     tokens: tuple[int, ...]
     labels: tuple[int, ...]
+    boxes: tuple[Box | None, ...]
+    objects: int
 
 
 @dataclass
@@ -74,6 +90,7 @@ class GroundingResult:
     train_accuracy: float  # over the last 10% of steps (at least one)
     held_out_accuracy: float | None
     objects: int
+    tokens: int  # supervised tokens: one per object, or every grid token with `dense`
     classes: int
 
     def summary(self) -> str:
@@ -84,18 +101,24 @@ class GroundingResult:
         )
         return (
             f"grounded visual pretraining: {self.steps} steps in {self.seconds:.0f} s on "
-            f"{self.objects:,} objects of {self.classes} categories; final loss "
-            f"{self.final_loss:.3f}, category accuracy: last steps {self.train_accuracy:.3f}"
-            f"{held_out}"
+            f"{self.objects:,} objects of {self.classes} categories ({self.tokens:,} tokens); "
+            f"final loss {self.final_loss:.3f}, category accuracy: last steps "
+            f"{self.train_accuracy:.3f}{held_out}"
         )
 
 
 def grounded_images(
-    model: Any, instances: Path, images: Path, classes: dict[int, int] | None = None
+    model: Any,
+    instances: Path,
+    images: Path,
+    classes: dict[int, int] | None = None,
+    *,
+    dense: bool = False,
 ) -> tuple[list[GroundedImage], dict[int, int]]:
-    """The images of a COCO instances file with at least one object, each object as (token
-    under its box centre, class index); `classes` maps category ids to class indices (made from
-    the file's categories, in id order, when not given)."""
+    """The images of a COCO instances file with at least one object, with their supervised
+    tokens: the token under each object's centre, or with `dense` every grid token (see the
+    module docstring). `classes` maps category ids to class indices (made from the file's
+    categories, in id order, when not given); the background class is `len(classes)`."""
     coco = CocoFile(instances)  # a bad record raises, naming the file and the record
     if classes is None:
         classes = {category: index for index, category in enumerate(sorted(coco.categories))}
@@ -105,32 +128,81 @@ def grounded_images(
         if not objects:
             continue
         image = coco.images[image_id]
-        centres = [(x + w / 2, y + h / 2) for x, y, w, h in (o.bbox for o in objects)]
-        tokens = model.visual.grid_tokens_at(image.size, centres)
-        grounded.append(
-            GroundedImage(
-                images / image.file_name,
-                tuple(tokens.tolist()),
-                tuple(classes[o.category_id] for o in objects),
-            )
-        )
+        path = images / image.file_name
+        grounded.append(_ground(model.visual, image.size, path, objects, classes, dense))
     if not grounded:
         raise ValueError(f"{instances}: no image has an annotated object to ground")
     return grounded, classes
 
 
+def _ground(
+    visual: Any,
+    size: tuple[int, int],
+    path: Path,
+    objects: list[CocoObject],
+    classes: dict[int, int],
+    dense: bool,
+) -> GroundedImage:
+    layout = visual.layout(size)
+    canvas_w, canvas_h = layout.canvas_size
+    frame = []  # each object's box in the padded square, in [0, 1]
+    for item in objects:
+        x0, y0, x1, y1 = layout.image_to_canvas(item.xyxy)
+        frame.append((x0 / canvas_w, y0 / canvas_h, x1 / canvas_w, y1 / canvas_h))
+    # smallest last, so that it keeps a cell it shares with a larger object
+    by_area = sorted(range(len(objects)), key=lambda i: -objects[i].bbox[2] * objects[i].bbox[3])
+    owner: dict[int, int] = {}  # token -> the object it is labelled with (-1: background)
+    if dense:
+        rows, cols = next(iter(visual.mixer.grid_cells("global").values())).shape
+        cell_w, cell_h = canvas_w / cols, canvas_h / rows
+        points = [
+            layout.canvas_to_image(((c + 0.5) * cell_w, (r + 0.5) * cell_h) * 2)[:2]
+            for r in range(rows)
+            for c in range(cols)
+        ]
+        for token, (x, y) in zip(visual.grid_tokens_at(size, points).tolist(), points, strict=True):
+            inside = [i for i in by_area if _holds(objects[i].xyxy, x, y)]
+            owner[token] = inside[-1] if inside else -1
+    centres = [(x + w / 2, y + h / 2) for x, y, w, h in (objects[i].bbox for i in by_area)]
+    for index, token in zip(by_area, visual.grid_tokens_at(size, centres).tolist(), strict=True):
+        owner[token] = index  # the cell under an object's centre is always that object's
+    tokens = sorted(owner)
+    labels = [
+        classes[objects[owner[t]].category_id] if owner[t] >= 0 else len(classes) for t in tokens
+    ]
+    boxes = [frame[owner[t]] if owner[t] >= 0 else None for t in tokens]
+    return GroundedImage(path, tuple(tokens), tuple(labels), tuple(boxes), len(objects))
+
+
+def _holds(box: Box, x: float, y: float) -> bool:
+    return box[0] <= x < box[2] and box[1] <= y < box[3]
+
+
 class GroundingHead(nn.Module):
-    """A linear classifier over the visual tokens at given positions."""
+    """Linear heads over the visual tokens at given positions: class logits (the categories and
+    background) and a box (sigmoid corners)."""
 
     def __init__(self, width: int, classes: int) -> None:
         super().__init__()
-        self.linear = nn.Linear(width, classes)
+        self.linear = nn.Linear(width, classes + 1)
+        self.box = nn.Linear(width, 4)
 
-    def forward(self, tokens: torch.Tensor, batch: list[GroundedImage]) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, batch: list[GroundedImage]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.tensor([i for i, item in enumerate(batch) for _ in item.tokens])
         columns = torch.tensor([token for item in batch for token in item.tokens])
-        picked = tokens[rows.to(tokens.device), columns.to(tokens.device)]
-        return self.linear(picked.float())
+        picked = tokens[rows.to(tokens.device), columns.to(tokens.device)].float()
+        return self.linear(picked), self.box(picked).sigmoid()
+
+
+def _targets(batch: list[GroundedImage], device: torch.device):
+    """Class labels of every supervised token; box targets and which tokens have one."""
+    labels = torch.tensor([label for item in batch for label in item.labels], device=device)
+    boxes = [box for item in batch for box in item.boxes]
+    has_box = torch.tensor([box is not None for box in boxes], device=device)
+    corners = torch.tensor([box or (0.0,) * 4 for box in boxes], device=device)
+    return labels, corners, has_box
 
 
 def pretrain_visual_grounding(
@@ -146,7 +218,7 @@ def pretrain_visual_grounding(
     object under each grid token; leaves the visual stack in train mode with its encoders
     trainable (the MLLM stage freezes them as it chooses)."""
     started = time.perf_counter()
-    items, classes = grounded_images(model, config.instances, config.images)
+    items, classes = grounded_images(model, config.instances, config.images, dense=config.dense)
     visual = model.visual
     device = next(visual.parameters()).device
     for encoder in visual.encoders.values():
@@ -162,9 +234,12 @@ def pretrain_visual_grounding(
     try:
         for step in range(1, config.steps + 1):
             batch = [items[order.randrange(len(items))] for _ in range(config.batch_size)]
-            logits = head(_encode(model, batch, device), batch)
-            labels = torch.tensor([label for item in batch for label in item.labels], device=device)
+            logits, predicted = head(_encode(model, batch, device), batch)
+            labels, corners, has_box = _targets(batch, device)
             loss = F.cross_entropy(logits, labels)
+            if config.box_weight:
+                box_error = F.l1_loss(predicted[has_box], corners[has_box])
+                loss = loss + config.box_weight * box_error
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"grounded visual pretraining: the loss is {loss.item()} at step {step}; "
@@ -173,7 +248,7 @@ def pretrain_visual_grounding(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            accuracy = (logits.argmax(-1) == labels).float().mean().item()
+            accuracy = _object_accuracy(logits, labels, has_box)
             losses.append(loss.item())
             accuracies.append(accuracy)
             if log is not None:
@@ -202,16 +277,23 @@ def pretrain_visual_grounding(
         final_loss=sum(losses[-tail:]) / tail,
         train_accuracy=sum(accuracies[-tail:]) / tail,
         held_out_accuracy=held_out,
-        objects=sum(len(item.labels) for item in items),
+        objects=sum(item.objects for item in items),
+        tokens=sum(len(item.tokens) for item in items),
         classes=len(classes),
     )
+
+
+def _object_accuracy(logits: torch.Tensor, labels: torch.Tensor, has_box: torch.Tensor) -> float:
+    """How many of the tokens on an object are given its category."""
+    return (logits.argmax(-1) == labels)[has_box].float().mean().item()
 
 
 @torch.no_grad()
 def grounding_accuracy(
     model: Any, head: GroundingHead, instances: Path, images: Path, classes: dict[int, int]
 ) -> float:
-    """The head's category accuracy on the objects of another instances file."""
+    """The head's category accuracy on the objects of another instances file (the token under
+    each object's centre)."""
     items, _ = grounded_images(model, instances, images, classes)
     visual = model.visual
     was_training = visual.training
@@ -220,8 +302,8 @@ def grounding_accuracy(
     correct = total = 0
     for start in range(0, len(items), 64):
         batch = items[start : start + 64]
-        logits = head(_encode(model, batch, device), batch)
-        labels = torch.tensor([label for item in batch for label in item.labels], device=device)
+        logits, _ = head(_encode(model, batch, device), batch)
+        labels, _, _ = _targets(batch, device)
         correct += int((logits.argmax(-1) == labels).sum())
         total += len(labels)
     visual.train(was_training)
