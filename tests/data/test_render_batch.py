@@ -230,6 +230,15 @@ def test_conversations_of_one_shape_share_a_plan(sentencepiece_model):
     assert (
         plans.find([{"from": "human", "value": "a"}, {"from": "gpt", "value": " "}], None) is None
     )
+    odd = ChatTemplate(
+        name="odd", summary="sentinel characters in the template",
+        user_template="\ue0001\ue001 {message}", assistant_prefix=">", end_marker="{eos}",
+    )  # fmt: skip
+    assert not LayoutPlans(PieceBuilder(odd, adapter, IMAGE, 1)).enabled
+    plain = random_conversations(20, seed=4, system=False)
+    assert render_batch(odd, plain, adapter, image_token=IMAGE) == [
+        render(odd, c, adapter, image_token=IMAGE, sample_id=str(i)) for i, c in enumerate(plain)
+    ]
 
 
 # -- batching -------------------------------------------------------------------------------

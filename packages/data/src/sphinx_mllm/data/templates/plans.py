@@ -64,8 +64,14 @@ class LayoutPlans:
         self.builder = builder
         self.image_text = builder.template.image_text
         self.plans: dict[Shape, LayoutPlan | None] = {}
-        # a sentinel must not hold the placeholder, nor the placeholder a sentinel
-        self.enabled = not any(c.isdigit() or c in (_OPEN, _CLOSE) for c in self.image_text)
+        # a sentinel must not hold the placeholder, nor the placeholder or template a sentinel
+        template = builder.template
+        fixed = (template.user_template, template.assistant_prefix, template.reply_lead,
+                 template.end_marker, template.turn_separator, template.system_template,
+                 template.system_prompt or "")  # fmt: skip
+        self.enabled = not any(c.isdigit() for c in self.image_text) and not any(
+            mark in text for text in (*fixed, self.image_text) for mark in (_OPEN, _CLOSE)
+        )
 
     def find(
         self, conversation: Sequence[Mapping[str, Any]], num_images: int | None
