@@ -6,6 +6,7 @@ wrapping, and reductions. One process without `torchrun` is a world of one.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -72,9 +73,17 @@ class Distributed:
         if self.enabled:
             dist.barrier()
 
-    def close(self) -> None:
-        if self.enabled and dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, *, synchronise: bool = True) -> None:
+        """Leave the process group: first free what still holds it (a DDP wrapper lives in
+        reference cycles, and its reducer torn down after the group, at interpreter exit, can
+        abort the process), then wait for every process (`synchronise`, on a normal end, so
+        none tears down while another still communicates), then destroy it."""
+        if not (self.enabled and dist.is_initialized()):
+            return
+        gc.collect()
+        if synchronise:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def no_sync(model: Any, skip: bool):

@@ -173,9 +173,13 @@ def run_training(
     try:
         result = trainer.train()
     except NonFiniteLossError as error:
+        dist.close(synchronise=False)
         raise TrainingError(str(error)) from error
-    finally:
-        dist.close()
+    except BaseException:
+        dist.close(synchronise=False)  # another process may never reach a barrier
+        raise
+    del trainer
+    dist.close()
     minutes = (time.perf_counter() - started) / 60
     say(
         f"trained {result.steps} steps in {minutes:.1f} min (stopped by {result.stopped_by}); "
