@@ -27,13 +27,14 @@ from typing import Any
 from sphinx_mllm.data.templates.base import ChatTemplate
 from sphinx_mllm.data.templates.conversation import ConversationError
 from sphinx_mllm.data.templates.layout import Piece, PieceBuilder
-from sphinx_mllm.data.templates.plans import LayoutPlans, text_pieces
+from sphinx_mllm.data.templates.plans import LayoutPlans
 from sphinx_mllm.data.templates.rendering import (
     RenderedSample,
     Skeleton,
     assemble,
     lay_out,
     render,
+    text_pieces,
 )
 from sphinx_mllm.data.templates.tokenization import (
     TextTokenizer,
@@ -208,17 +209,22 @@ class _Batch:
         any_special = getattr(self.tokenizer, "text_makes_special", True) and has_special(
             chain.from_iterable(encoded)
         )
+        good = [
+            bool(ids) and back == text and not (any_special and has_special(ids))
+            for text, ids, back in zip(texts, encoded, decoded, strict=True)
+        ]
         failed = set()
-        count = len(slots)
-        messages = zip(slots, texts[:count], encoded[:count], decoded[:count], strict=True)
-        for (index, piece_ids, position), text, ids, back in messages:
-            if ids and back == text and not (any_special and has_special(ids)):
+        count = len(slots)  # the message pieces come first, then the template-only ones
+        for (index, piece_ids, position), ids, ok in zip(
+            slots, encoded[:count], good[:count], strict=True
+        ):
+            if ok:
                 piece_ids[position] = ids
             else:
                 failed.add(index)
-        for text, ids, back in zip(texts[count:], encoded[count:], decoded[count:], strict=True):
+        for text, ids, ok in zip(texts[count:], encoded[count:], good[count:], strict=True):
             waiting = self.constants[(text, start)]
-            if ids and back == text and not (any_special and has_special(ids)):
+            if ok:
                 self.cache[(text, start)] = ids
                 for _, piece_ids, position in waiting:
                     piece_ids[position] = ids

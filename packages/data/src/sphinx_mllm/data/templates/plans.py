@@ -25,7 +25,7 @@ from typing import Any
 
 from sphinx_mllm.data.templates.conversation import _ROLES, ConversationError
 from sphinx_mllm.data.templates.layout import Piece, PieceBuilder
-from sphinx_mllm.data.templates.rendering import Skeleton, lay_out
+from sphinx_mllm.data.templates.rendering import Skeleton, lay_out, text_pieces
 
 _OPEN, _CLOSE = "\ue000", "\ue001"  # private-use characters around a sentinel's number
 _SENTINEL = re.compile(f"{_OPEN}(\\d+){_CLOSE}")
@@ -47,7 +47,7 @@ class LayoutPlan:
     formatted: tuple[tuple[int, str], ...]
     droppable: bool
     fixed_ids: tuple[tuple[int, ...], ...]  # each piece's fixed ids (empty for text)
-    text_pieces: tuple[tuple[int, bool, bool], ...]  # see `text_pieces`
+    text_pieces: tuple[tuple[int, bool, bool], ...]  # see `rendering.text_pieces`
 
     def texts(self, parts: Sequence[str]) -> list[str]:
         """The piece texts for a conversation whose message texts are `parts`."""
@@ -64,13 +64,10 @@ class LayoutPlans:
         self.builder = builder
         self.image_text = builder.template.image_text
         self.plans: dict[Shape, LayoutPlan | None] = {}
-        # a sentinel must not hold the placeholder, nor the placeholder or template a sentinel
-        template = builder.template
-        fixed = (template.user_template, template.assistant_prefix, template.reply_lead,
-                 template.end_marker, template.turn_separator, template.system_template,
-                 template.system_prompt or "")  # fmt: skip
+        # a sentinel must not hold the placeholder, nor the template's text a sentinel
+        texts = [v for v in vars(builder.template).values() if isinstance(v, str)]
         self.enabled = not any(c.isdigit() for c in self.image_text) and not any(
-            mark in text for text in (*fixed, self.image_text) for mark in (_OPEN, _CLOSE)
+            mark in text for text in texts for mark in (_OPEN, _CLOSE)
         )
 
     def find(
@@ -129,15 +126,6 @@ class LayoutPlans:
             fixed_ids=tuple(piece.token_ids for piece in pieces),
             text_pieces=text_pieces(pieces),
         )
-
-
-def text_pieces(pieces: Sequence[Piece]) -> tuple[tuple[int, bool, bool], ...]:
-    """(position, sequence_start, from_template) of each piece to tokenise; the first is read
-    as the start of the sequence."""
-    found = [(i, False, piece.from_template) for i, piece in enumerate(pieces) if piece.is_text]
-    if found:
-        found[0] = (found[0][0], True, found[0][2])
-    return tuple(found)
 
 
 def _escape(literal: str) -> str:

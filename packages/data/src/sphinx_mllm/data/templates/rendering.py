@@ -101,11 +101,9 @@ def render(
     tok = as_text_tokenizer(tokenizer)
     builder = PieceBuilder(template, tok, image_token, image_token_count)
     roles, pieces = lay_out(builder, conversation, num_images, sample_id)
-    start = first_text_piece(pieces)
-    piece_ids = [
-        _encode_piece(tok, piece, index == start, sample_id) if piece.is_text else piece.token_ids
-        for index, piece in enumerate(pieces)
-    ]
+    piece_ids: list[Sequence[int]] = [piece.token_ids for piece in pieces]
+    for index, start, _ in text_pieces(pieces):
+        piece_ids[index] = _encode_piece(tok, pieces[index], start, sample_id)
     text = "".join([piece.text for piece in pieces])
     sample = assemble(template, sample_id, Skeleton.of(roles, pieces), piece_ids, text)
     if not getattr(tok, "piecewise_decoding", False):
@@ -128,12 +126,11 @@ def lay_out(
     return roles, pieces
 
 
-def first_text_piece(pieces: Sequence[Piece]) -> int:
-    """The index of the piece encoded as the start of the sequence (-1 if none is text)."""
-    for index, piece in enumerate(pieces):
-        if not piece.token_ids:
-            return index
-    return -1
+def text_pieces(pieces: Sequence[Piece]) -> tuple[tuple[int, bool, bool], ...]:
+    """(position, sequence_start, from_template) of each piece to tokenise; the first is encoded
+    as the start of the sequence."""
+    texts = [index for index, piece in enumerate(pieces) if piece.is_text]
+    return tuple((i, i == texts[0], pieces[i].from_template) for i in texts)
 
 
 @dataclass(frozen=True, slots=True)
