@@ -180,13 +180,13 @@ class VisualStack(nn.Module):
             raise ValueError(f"Unknown grid part {part!r}; the mixer has {sorted(cells)}")
         points = torch.as_tensor(points, dtype=torch.float64).reshape(-1, 2)
         layout = self.layout(image_size)
-        width, height = image_size
-        x0, y0, x1, y1 = layout.content_box
+        # image pixels -> canvas pixels is an offset and a scale: the canvas box of pixel (0, 0)
+        x0, y0, x1, y1 = layout.image_to_canvas((0.0, 0.0, 1.0, 1.0))
         canvas_w, canvas_h = layout.canvas_size  # the global view is the whole canvas
         table = cells[part]
         rows, cols = table.shape
-        x = (x0 + points[:, 0] * (x1 - x0) / width) / canvas_w
-        y = (y0 + points[:, 1] * (y1 - y0) / height) / canvas_h
+        x = (x0 + points[:, 0] * (x1 - x0)) / canvas_w
+        y = (y0 + points[:, 1] * (y1 - y0)) / canvas_h
         col = (x * cols).floor().long().clamp(0, cols - 1)
         row = (y * rows).floor().long().clamp(0, rows - 1)
         return table[row, col]

@@ -152,17 +152,15 @@ def _ground(
     # smallest last, so that it keeps a cell it shares with a larger object
     by_area = sorted(range(len(objects)), key=lambda i: -objects[i].bbox[2] * objects[i].bbox[3])
     owner: dict[int, int] = {}  # token -> the object it is labelled with (-1: background)
-    if dense:
-        rows, cols = next(iter(visual.mixer.grid_cells("global").values())).shape
+    if dense:  # (a mixer with several grid parts is refused by `grid_tokens_at` below)
+        table = next(iter(visual.mixer.grid_cells("global").values()))
+        rows, cols = table.shape
         cell_w, cell_h = canvas_w / cols, canvas_h / rows
-        points = [
-            layout.canvas_to_image(((c + 0.5) * cell_w, (r + 0.5) * cell_h) * 2)[:2]
-            for r in range(rows)
-            for c in range(cols)
-        ]
-        for token, (x, y) in zip(visual.grid_tokens_at(size, points).tolist(), points, strict=True):
-            inside = [i for i in by_area if _holds(objects[i].xyxy, x, y)]
-            owner[token] = inside[-1] if inside else -1
+        for r, row_tokens in enumerate(table.tolist()):
+            for c, token in enumerate(row_tokens):
+                x, y, _, _ = layout.canvas_to_image(((c + 0.5) * cell_w, (r + 0.5) * cell_h) * 2)
+                inside = [i for i in by_area if _holds(objects[i].xyxy, x, y)]
+                owner[token] = inside[-1] if inside else -1
     centres = [(x + w / 2, y + h / 2) for x, y, w, h in (objects[i].bbox for i in by_area)]
     for index, token in zip(by_area, visual.grid_tokens_at(size, centres).tolist(), strict=True):
         owner[token] = index  # the cell under an object's centre is always that object's

@@ -107,7 +107,9 @@ class RunConfig:
             "train": dataclasses.asdict(self.train),
             "eval_limit": self.eval_limit,
             "synthetic": self.synthetic,
-        } | ({"grounding": dict(self.grounding)} if self.grounding is not None else {})
+        } | (  # absent rather than None, so that `--set grounding.steps=...` can create it
+            {"grounding": dict(self.grounding)} if self.grounding is not None else {}
+        )
 
     def with_settings(self, settings: list[str]) -> RunConfig:
         """Apply `key=value` settings (`lr=1e-3`, `train.max_steps=50`, `eval_limit=20`,

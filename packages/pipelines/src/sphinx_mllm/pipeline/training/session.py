@@ -172,11 +172,10 @@ def run_training(
     )
     try:
         result = trainer.train()
-    except NonFiniteLossError as error:
-        dist.close(synchronise=False)
-        raise TrainingError(str(error)) from error
-    except BaseException:
+    except BaseException as error:
         dist.close(synchronise=False)  # another process may never reach a barrier
+        if isinstance(error, NonFiniteLossError):
+            raise TrainingError(str(error)) from error
         raise
     del trainer
     dist.close()
