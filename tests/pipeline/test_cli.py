@@ -1,5 +1,6 @@
 """The `sphinx-pipeline` command line (typer), exercised in process."""
 
+import pytest
 from typer.testing import CliRunner
 
 from sphinx_mllm.pipeline.cli import app
@@ -149,3 +150,25 @@ def test_describe_works_for_every_preset():
         assert description["parameters"]["total"] == sum(
             row["parameters"] for row in description["components"]
         )
+
+
+def test_task_weights_reweight_the_synthetic_mixture(tmp_path):
+    from sphinx_mllm.pipeline.training.run import DEMO_TASK_WEIGHTS, RunConfig, synthetic_sources
+    from sphinx_mllm.pipeline.training.session import resolve_run
+
+    run = resolve_run(None, None, [], [], [], None, ["task_weights.vqa=3", "task_weights.pose=0"])
+    assert run.task_weights == {"vqa": 3.0, "pose": 0.0} and run.synthetic is not None
+    train, held_out = synthetic_sources(tmp_path, run.task_weights)
+    weights = {source.name: source.weight for source in train}
+    assert weights == {
+        task: {"vqa": 3.0}.get(task, weight)
+        for task, weight in DEMO_TASK_WEIGHTS.items()
+        if task != "pose"
+    }
+    assert "pose" in {source.name for source in held_out}  # still scored
+    with pytest.raises(ValueError, match=r"Unknown synthetic task\(s\) \['vqa2'\]"):
+        RunConfig.from_dict({"task_weights": {"vqa2": 1.0}})
+    with pytest.raises(ValueError, match="must be >= 0"):
+        RunConfig.from_dict({"task_weights": {"vqa": -1}})
+    with pytest.raises(ValueError, match="must be >= 0"):
+        RunConfig.from_dict({"task_weights": dict.fromkeys(DEMO_TASK_WEIGHTS, 0)})

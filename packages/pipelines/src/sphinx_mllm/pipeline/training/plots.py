@@ -1,9 +1,11 @@
-"""PNG figures of a run: the training curve (loss and learning rate by step, with evaluation
-scores when there are some) and held-out images with the boxes the model predicted."""
+"""PNG figures of a run: the training curve (loss and learning rate by step, held-out scores by
+step and at the end when there are some) and held-out images with the boxes the model
+predicted; and the held-out scores by step as a text table."""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,21 +13,49 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 
+def read_curve(curve_file: Path) -> tuple[list[int], dict[str, list[float]]]:
+    """The steps of an `eval_curve.jsonl` and each task's scores at them (NaN where a task was
+    not scored)."""
+    records = _read_jsonl(curve_file)
+    steps = [record["step"] for record in records]
+    tasks = sorted({task for record in records for task in record["tasks"]})
+    scores = {
+        task: [record["tasks"].get(task, {}).get("score", math.nan) for record in records]
+        for task in tasks
+    }
+    return steps, scores
+
+
+def curve_table(curve_file: Path) -> str:
+    """Held-out scores by step, a row per step and a column per task."""
+    steps, scores = read_curve(curve_file)
+    widths = {task: max(5, len(task)) for task in scores}
+    lines = ["   step " + " ".join(f"{task:>{widths[task]}}" for task in scores)]
+    for index, step in enumerate(steps):
+        cells = " ".join(f"{scores[task][index]:>{widths[task]}.3f}" for task in scores)
+        lines.append(f"  {step:>5} {cells}")
+    return "\n".join(lines)
+
+
 def plot_training_curve(
-    metrics_file: Path, out: Path, evaluation: dict[str, dict[str, Any]] | None = None
+    metrics_file: Path,
+    out: Path,
+    evaluation: dict[str, dict[str, Any]] | None = None,
+    curve_file: Path | None = None,
 ) -> Path:
-    """Loss (raw and smoothed) and learning rate against step; per-task scores as a bar panel."""
+    """Loss (raw and smoothed) and learning rate against step; held-out scores against step
+    (`curve_file`, an `eval_curve.jsonl`); final per-task scores as a bar panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    rows = _read_jsonl(metrics_file)
     if not rows:
         raise ValueError(f"{metrics_file} holds no step to plot")
     steps = [row["step"] for row in rows]
     losses = [row["loss"] for row in rows]
-    panels = 3 if evaluation else 2
+    panels = 2 + (curve_file is not None) + bool(evaluation)
     figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
     axes[0].plot(steps, losses, color="0.75", linewidth=0.8, label="loss")
     axes[0].plot(steps, _smoothed(losses), color="C0", label="smoothed")
@@ -36,18 +66,31 @@ def plot_training_curve(
     axes[1].plot(steps, [row["lr"] for row in rows], color="C1")
     axes[1].set_xlabel("step")
     axes[1].set_title("learning rate")
+    if curve_file is not None:
+        curve_steps, scores = read_curve(curve_file)
+        for task, values in scores.items():
+            axes[2].plot(curve_steps, values, marker="o", markersize=3, label=task)
+        axes[2].set_ylim(0, 1)
+        axes[2].set_xlabel("step")
+        axes[2].set_title("held-out score by step")
+        axes[2].legend(fontsize=7)
     if evaluation:
+        bars = axes[-1]
         tasks = list(evaluation)
-        axes[2].barh(tasks, [evaluation[task]["score"] for task in tasks], color="C2")
-        axes[2].set_xlim(0, 1)
-        axes[2].set_title("held-out score by task")
+        bars.barh(tasks, [evaluation[task]["score"] for task in tasks], color="C2")
+        bars.set_xlim(0, 1)
+        bars.set_title("held-out score by task")
         for index, task in enumerate(tasks):
             row = evaluation[task]
-            axes[2].text(0.01, index, f"{row['metric']} {row['score']:.2f}", va="center")
+            bars.text(0.01, index, f"{row['metric']} {row['score']:.2f}", va="center")
     figure.tight_layout()
     figure.savefig(out, dpi=100)
     plt.close(figure)
     return out
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _smoothed(values: Sequence[float], weight: float = 0.9) -> list[float]:

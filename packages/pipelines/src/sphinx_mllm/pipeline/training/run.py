@@ -7,7 +7,8 @@ data:
   - {path: train.jsonl, weight: 1.0, images: data/}
 eval:
   - {path: val.jsonl, images: data/}
-train: {stage: finetune, max_steps: 1000, lr: 2.0e-5, global_batch_size: 32}
+train: {stage: finetune, max_steps: 1000, lr: 2.0e-5, global_batch_size: 32, eval_every: 250}
+curve_limit: 40                  # held-out records per source scored every eval_every steps
 grounding:                       # optional: grounded pretraining of the visual stack first
   {instances: instances_train.json, images: data/train, steps: 300}
 ```
@@ -61,7 +62,9 @@ class RunConfig:
     eval: list[DataSource] = field(default_factory=list)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_limit: int | None = None
+    curve_limit: int | None = 40  # records per held-out source scored every train.eval_every
     synthetic: dict[str, int] | None = None  # the demo's data (seed, train, val, multi_round)
+    task_weights: dict[str, float] | None = None  # the synthetic tasks' mixture (DEMO_TASK_WEIGHTS)
     # GroundingConfig fields; the synthetic demo supplies the instances and images itself
     grounding: dict[str, Any] | None = None
 
@@ -94,7 +97,9 @@ class RunConfig:
             eval=[_source(item, base) for item in data.get("eval") or []],
             train=TrainConfig(**train),
             eval_limit=data.get("eval_limit"),
+            curve_limit=data.get("curve_limit", 40),
             synthetic=data.get("synthetic"),
+            task_weights=_task_weights(data.get("task_weights")),
             grounding=_grounding(data.get("grounding"), base),
         )
 
@@ -106,10 +111,13 @@ class RunConfig:
             "eval": [_source_dict(s) for s in self.eval],
             "train": dataclasses.asdict(self.train),
             "eval_limit": self.eval_limit,
+            "curve_limit": self.curve_limit,
             "synthetic": self.synthetic,
-        } | (  # absent rather than None, so that `--set grounding.steps=...` can create it
-            {"grounding": dict(self.grounding)} if self.grounding is not None else {}
-        )
+        } | {  # absent rather than None, so that `--set grounding.steps=...` can create it
+            key: dict(value)
+            for key, value in (("task_weights", self.task_weights), ("grounding", self.grounding))
+            if value is not None
+        }
 
     def with_settings(self, settings: list[str]) -> RunConfig:
         """Apply `key=value` settings (`lr=1e-3`, `train.max_steps=50`, `eval_limit=20`,
@@ -148,6 +156,7 @@ def demo_run_config() -> RunConfig:
             checkpoint_every=200,
             keep_last=2,
             max_minutes=11.75,
+            eval_every=300,  # learning curves: 40 held-out records per task, ~5 s each time
         ),
         eval_limit=200,
         synthetic=dict(DEMO_SYNTHETIC),
@@ -193,12 +202,18 @@ def generate_synthetic(run_dir: Path, settings: dict[str, int]) -> None:
         )
 
 
-def synthetic_sources(run_dir: Path) -> tuple[list[DataSource], list[DataSource]]:
-    """The train and held-out sources of every demo task in the run directory, weighted."""
+def synthetic_sources(
+    run_dir: Path, task_weights: dict[str, float] | None = None
+) -> tuple[list[DataSource], list[DataSource]]:
+    """The train sources of the demo tasks in the run directory, weighted (`DEMO_TASK_WEIGHTS`
+    unless `task_weights` says otherwise; a task weighted 0 is left out), and every task's
+    held-out source."""
     root = run_dir / "data"
+    weights = DEMO_TASK_WEIGHTS | (task_weights or {})
     train = [
         DataSource(root / "tasks" / "train" / f"{task}.jsonl", weight, root)
-        for task, weight in DEMO_TASK_WEIGHTS.items()
+        for task, weight in weights.items()
+        if weight > 0
     ]
     held_out = [
         DataSource(root / "tasks" / "val" / f"{task}.jsonl", 1.0, root)
@@ -225,6 +240,24 @@ def grounding_config(run: RunConfig, run_dir: Path) -> GroundingConfig | None:
     if "images" not in settings:
         raise ValueError(f"grounding names instances {settings['instances']} but no images root")
     return GroundingConfig(**settings)
+
+
+def _task_weights(item: Any) -> dict[str, float] | None:
+    if item is None:
+        return None
+    if not isinstance(item, dict):
+        raise ValueError(f"task_weights maps synthetic tasks to weights, got {item!r}")
+    unknown = sorted(set(item) - set(DEMO_TASK_WEIGHTS))
+    if unknown:
+        raise ValueError(
+            f"Unknown synthetic task(s) {unknown} in task_weights; expected some of "
+            f"{sorted(DEMO_TASK_WEIGHTS)}"
+        )
+    weights = {task: float(weight) for task, weight in item.items()}
+    negative = sorted(task for task, weight in weights.items() if weight < 0)
+    if negative or not any(weight > 0 for weight in (DEMO_TASK_WEIGHTS | weights).values()):
+        raise ValueError(f"task_weights must be >= 0 (0 leaves a task out), got {item!r}")
+    return weights
 
 
 def _grounding(item: Any, base: Path) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ the final model, score the held-out data and leave the figures in the run direct
     RUN/run.yaml            the resolved run (model, data, train settings)
     RUN/grounding.jsonl     grounded pretraining of the visual stack, when the run has it
     RUN/metrics.jsonl       one line per step
+    RUN/eval_curve.jsonl    held-out scores every `train.eval_every` steps (learning curves)
     RUN/checkpoints/        resumable checkpoints (the last k)
     RUN/model/              the trained model (SphinxModel.from_pretrained)
     RUN/eval.json           per-task scores and every prediction
@@ -23,6 +24,7 @@ import yaml
 
 from sphinx_mllm.pipeline.training.data import DataSource, TrainingData
 from sphinx_mllm.pipeline.training.distributed import Distributed
+from sphinx_mllm.pipeline.training.plots import curve_table
 from sphinx_mllm.pipeline.training.run import (
     RunConfig,
     demo_run_config,
@@ -31,7 +33,12 @@ from sphinx_mllm.pipeline.training.run import (
     synthetic_sources,
 )
 from sphinx_mllm.pipeline.training.state import list_checkpoints
-from sphinx_mllm.pipeline.training.trainer import NonFiniteLossError, Trainer
+from sphinx_mllm.pipeline.training.trainer import (
+    EVAL_CURVE_FILE,
+    METRICS_FILE,
+    NonFiniteLossError,
+    Trainer,
+)
 
 GALLERY_SIZE = 12
 
@@ -137,7 +144,7 @@ def run_training(
         if dist.is_main:
             generate_synthetic(out, run.synthetic)
         dist.barrier()
-        train_sources, held_out = synthetic_sources(out)
+        train_sources, held_out = synthetic_sources(out, run.task_weights)
         run.data, run.eval = train_sources, run.eval or held_out
     grounding = grounding_config(run, out)
     torch.manual_seed(run.train.seed)
@@ -168,7 +175,14 @@ def run_training(
         f"{dist.world_size} process(es) on {dist.device}"
     )
     trainer = Trainer(
-        model, training_data, run.train, out, resume=resume, distributed=dist, progress=progress
+        model,
+        training_data,
+        run.train,
+        out,
+        resume=resume,
+        distributed=dist,
+        progress=progress,
+        evaluate=_curve_evaluator(model, run) if run.eval else None,
     )
     try:
         result = trainer.train()
@@ -193,12 +207,28 @@ def run_training(
         summary = _evaluate(model, run, out, say)
     from sphinx_mllm.pipeline.training.plots import plot_training_curve
 
-    curve = plot_training_curve(out / "metrics.jsonl", out / "training_curve.png", summary or None)
+    curve_file = out / EVAL_CURVE_FILE
+    if curve_file.is_file():
+        say(f"held-out score by step:\n{curve_table(curve_file)}")
+    curve = plot_training_curve(
+        out / METRICS_FILE,
+        out / "training_curve.png",
+        summary or None,
+        curve_file if curve_file.is_file() else None,
+    )
     say(f"figures: {curve}")
     return summary
 
 
-RUN_OUTPUTS = ("checkpoints", "model", "metrics.jsonl", "grounding.jsonl", "eval.json", "run.yaml")
+RUN_OUTPUTS = (
+    "checkpoints",
+    "model",
+    METRICS_FILE,
+    EVAL_CURVE_FILE,
+    "grounding.jsonl",
+    "eval.json",
+    "run.yaml",
+)
 
 
 def _clear_run(out: Path) -> None:
@@ -221,6 +251,16 @@ def _export(model: Any, out: Path) -> Path:
     if hasattr(llm, "merge_and_unload"):
         model.llm = llm.merge_and_unload()
     return model.save_pretrained(out / "model", overwrite=True)
+
+
+def _curve_evaluator(model: Any, run: RunConfig):
+    """Scores for the learning curve: the first `curve_limit` held-out records of each source."""
+    from sphinx_mllm.pipeline.evaluation import evaluate
+
+    def scores() -> dict[str, dict[str, Any]]:
+        return evaluate(model, run.eval, limit=run.curve_limit).by_task()
+
+    return scores
 
 
 def _evaluate(model: Any, run: RunConfig, out: Path, say) -> dict[str, Any]:

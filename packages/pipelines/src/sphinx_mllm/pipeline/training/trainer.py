@@ -1,6 +1,7 @@
 """The trainer: stages, AdamW with warmup and cosine decay, gradient accumulation, clipping,
 bf16 autocast with fp32 weights for what trains, DDP through torch.distributed, atomic
-checkpoints every N steps with exact resume, and a run directory that shows progress.
+checkpoints every N steps with exact resume, held-out scores every M steps (learning curves),
+and a run directory that shows progress.
 
     trainer = Trainer(model, data, TrainConfig(stage="finetune", max_steps=1000), "runs/a")
     result = trainer.train()           # resumes from runs/a/checkpoints when resume=True
@@ -38,6 +39,7 @@ from sphinx_mllm.pipeline.training.state import (
 
 PRECISIONS = ("auto", "bf16", "fp32")
 METRICS_FILE = "metrics.jsonl"
+EVAL_CURVE_FILE = "eval_curve.jsonl"  # {"step", "seconds", "tasks": {task: {"score", ...}}}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -48,7 +50,9 @@ class NonFiniteLossError(RuntimeError):
 class TrainConfig:
     """How to train. `global_batch_size` samples per optimisation step over all processes;
     `micro_batch_size` (per process, 0 = all at once) sets gradient accumulation;
-    `max_minutes` (0 = none) ends the run early, with a checkpoint, when time is up."""
+    `max_minutes` (0 = none) ends the run early, with a checkpoint, when time is up;
+    `eval_every` (0 = never) scores the held-out data every so many steps, for learning curves
+    (the time it takes does not count against `max_minutes`)."""
 
     stage: str = "finetune"
     trainable: list[str] | None = None
@@ -67,6 +71,7 @@ class TrainConfig:
     max_length: int = 1024
     checkpoint_every: int = 0
     keep_last: int = 2
+    eval_every: int = 0
     seed: int = 0
     lora_rank: int = 16
     lora_alpha: int = 32
@@ -82,6 +87,9 @@ class TrainConfig:
         for name in ("max_steps", "global_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("checkpoint_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (off) or positive, got {getattr(self, name)}")
         self.betas = tuple(self.betas)
 
     @property
@@ -119,7 +127,11 @@ class TrainResult:
 
 
 class Trainer:
-    """Trains a `SphinxModel` on `TrainingData` into the run directory `run_dir`."""
+    """Trains a `SphinxModel` on `TrainingData` into the run directory `run_dir`.
+
+    `evaluate`, called on the main process with the model in eval mode every
+    `config.eval_every` steps, returns per-task held-out scores (`EvalReport.by_task()`); each
+    call is appended to `RUN/eval_curve.jsonl`."""
 
     def __init__(
         self,
@@ -132,6 +144,7 @@ class Trainer:
         distributed: Distributed | None = None,
         progress: bool = True,
         on_step: Callable[[StepLog], None] | None = None,
+        evaluate: Callable[[], dict[str, dict[str, Any]]] | None = None,
     ) -> None:
         self.model = model
         self.data = data
@@ -141,6 +154,7 @@ class Trainer:
         self.dist = distributed or Distributed(0, 1, 0, model.device)
         self.progress = progress and self.dist.is_main
         self.on_step = on_step
+        self.evaluate = evaluate
         if config.global_batch_size % self.dist.world_size:
             raise ValueError(
                 f"global_batch_size {config.global_batch_size} is not divisible by the "
@@ -227,7 +241,8 @@ class Trainer:
             if restored is not None:
                 state = restored
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._truncate_metrics(state.step)
+        for name in (METRICS_FILE, EVAL_CURVE_FILE):
+            self._truncate_log(name, state.step)
         wrapped = self.dist.wrap(self.model)
         wrapped.train()
         batches = self.data.batches(config.global_batch_size, seed=config.seed)
@@ -236,7 +251,7 @@ class Trainer:
         last_checkpoint = None
         deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes else math.inf
         try:
-            while state.step < config.max_steps and time.monotonic() < deadline:
+            while state.step < config.max_steps and not self._time_is_up(deadline):
                 epoch = batches.epoch(state.epoch)
                 if state.batch_in_epoch >= len(epoch):
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
@@ -250,6 +265,8 @@ class Trainer:
                 self._record(log, bar)
                 if config.checkpoint_every and state.step % config.checkpoint_every == 0:
                     last_checkpoint = self._checkpoint(optimizer, scheduler, state)
+                if config.eval_every and state.step % config.eval_every == 0:
+                    deadline += self._score_held_out(wrapped, state.step, bar)
             if config.checkpoint_every and state.step % config.checkpoint_every:
                 last_checkpoint = self._checkpoint(optimizer, scheduler, state)
         finally:
@@ -258,6 +275,36 @@ class Trainer:
         final_loss = history[-1].loss if history else float("nan")
         stopped = "time" if state.step < config.max_steps else "steps"
         return TrainResult(state.step, final_loss, history, last_checkpoint, stopped)
+
+    def _time_is_up(self, deadline: float) -> bool:
+        """Whether `max_minutes` is spent; decided by all processes together, so that none
+        stops a step before the others."""
+        if math.isinf(deadline):
+            return False
+        return self.dist.sum(float(time.monotonic() >= deadline)) > 0
+
+    def _score_held_out(self, model: nn.Module, step: int, bar) -> float:
+        """Score the held-out data (main process) and append it to the curve; returns the
+        seconds it took, which every process waited."""
+        started = time.monotonic()
+        if self.evaluate is not None and self.dist.is_main:
+            self.model.eval()
+            try:
+                tasks = self.evaluate()
+            finally:
+                model.train()
+            seconds = time.monotonic() - started
+            record = {"step": step, "seconds": round(seconds, 2), "tasks": tasks}
+            with (self.run_dir / EVAL_CURVE_FILE).open("a") as out:
+                out.write(json.dumps(record) + "\n")
+            scores = " ".join(f"{task} {row['score']:.2f}" for task, row in tasks.items())
+            message = f"step {step}: held-out {scores} ({seconds:.0f} s)"
+            if bar is not None:
+                bar.write(message)
+            else:
+                print(message, flush=True)
+        self.dist.barrier()
+        return time.monotonic() - started
 
     def _step(self, model, optimizer, scheduler, items, state: TrainerState) -> StepLog:
         started = time.perf_counter()
@@ -331,9 +378,9 @@ class Trainer:
         found = list_checkpoints(self.run_dir)
         return str(found[-1]) if found else "none (no checkpoint was written yet)"
 
-    def _truncate_metrics(self, step: int) -> None:
+    def _truncate_log(self, name: str, step: int) -> None:
         """On resume, forget logged steps after the restored one (they will be logged again)."""
-        path = self.run_dir / METRICS_FILE
+        path = self.run_dir / name
         if not self.dist.is_main or not path.is_file():
             return
         kept = [
