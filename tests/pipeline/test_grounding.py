@@ -3,6 +3,7 @@ a short run learns their categories and changes only the visual stack, and a tra
 grounds first, then keeps the grounded encoders frozen; the demo grounds, user data does not."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from sphinx_mllm.pipeline.training.grounding import (
     GroundingConfig,
     grounded_images,
     pretrain_visual_grounding,
+    supercategory_map,
 )
 from sphinx_mllm.pipeline.training.run import RunConfig, demo_run_config, grounding_config
 from sphinx_mllm.pipeline.training.session import resolve_run, run_training
@@ -110,6 +112,39 @@ def test_dense_grounding_with_boxes_learns(synthetic):
         on_step=lambda step, loss, accuracy: losses.append(loss),
     )
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+
+
+def test_supercategories_map_each_class_to_its_parent(synthetic, tmp_path):
+    model = build_model("demo")
+    instances = synthetic / "instances_train.json"
+    _, classes = grounded_images(model, instances, synthetic / "images" / "train")
+    parents, names = supercategory_map(instances, classes)
+    categories = {c["id"]: c for c in json.loads(instances.read_text())["categories"]}
+    assert names == sorted({c["shape"] for c in categories.values()})  # the demo's: shapes
+    for category, label in classes.items():
+        assert names[parents[label]] == categories[category]["shape"]
+    assert int(parents[len(classes)]) == len(names)  # background
+    bare = json.loads(instances.read_text())
+    for category in bare["categories"][:2]:
+        del category["supercategory"]
+    (tmp_path / "bare.json").write_text(json.dumps(bare))
+    ids = sorted(c["id"] for c in bare["categories"][:2])
+    with pytest.raises(ValueError, match=re.escape(f"categories {ids} have no supercategory")):
+        supercategory_map(tmp_path / "bare.json", classes)
+
+
+def test_grounding_with_supercategories_learns_both_heads(synthetic):
+    torch.manual_seed(0)
+    losses = []
+    pretrain_visual_grounding(
+        build_model("demo"),
+        _config(synthetic, steps=30, batch_size=8, supercategory_weight=1.0),
+        progress=False,
+        on_step=lambda step, loss, accuracy: losses.append(loss),
+    )
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+    with pytest.raises(ValueError, match="supercategory_weight must be >= 0"):
+        _config(synthetic, supercategory_weight=-1.0)
 
 
 def test_held_out_objects_are_scored(synthetic):

@@ -16,6 +16,12 @@ cell under each object's centre is always that object's), and `box_weight` adds 
 each object's box (corners in the padded-square frame of SPHINX's box text, in [0, 1]) predicted
 from every token the object covers, so the tokens learn where the object's edges are.
 
+`supercategory_weight` adds a third head that names each object's COCO supercategory (for the
+demo's objects, their shape: "purple triangle" is a "triangle"). A category head alone may give
+every category its own direction; a head shared by all the categories of a supercategory makes
+the tokens carry it along one direction whatever the category, which an LLM can then attend to
+("what colour is the triangle?").
+
     RUN/grounding.jsonl   one line per step: loss and the accuracy of the step's batch
 """
 
@@ -51,6 +57,7 @@ class GroundingConfig:
     eval_images: Path | None = None
     dense: bool = False
     box_weight: float = 0.0
+    supercategory_weight: float = 0.0
 
     def __post_init__(self) -> None:
         self.instances = Path(self.instances)
@@ -63,8 +70,9 @@ class GroundingConfig:
                 raise ValueError(f"grounding {name} must be a positive int, got {value!r}")
         if not self.lr > 0:
             raise ValueError(f"grounding lr must be positive, got {self.lr!r}")
-        if not self.box_weight >= 0:
-            raise ValueError(f"grounding box_weight must be >= 0, got {self.box_weight!r}")
+        for name in ("box_weight", "supercategory_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"grounding {name} must be >= 0, got {getattr(self, name)!r}")
 
 
 Box = tuple[float, float, float, float]
@@ -135,6 +143,25 @@ def grounded_images(
     return grounded, classes
 
 
+def supercategory_map(instances: Path, classes: dict[int, int]) -> tuple[torch.Tensor, list[str]]:
+    """For each class index (background last), the index of its category's supercategory
+    (background last); and the supercategory names, sorted."""
+    categories = CocoFile(instances).categories
+    missing = sorted(c for c in classes if not categories.get(c, {}).get("supercategory"))
+    if missing:
+        raise ValueError(
+            f"{instances}: categories {missing} have no supercategory (needed by grounding "
+            "supercategory_weight)"
+        )
+    names = sorted({str(categories[c]["supercategory"]) for c in classes})
+    index = {name: i for i, name in enumerate(names)}
+    parents = [0] * (len(classes) + 1)
+    for category, label in classes.items():
+        parents[label] = index[str(categories[category]["supercategory"])]
+    parents[len(classes)] = len(names)
+    return torch.tensor(parents), names
+
+
 def _ground(
     visual: Any,
     size: tuple[int, int],
@@ -178,20 +205,23 @@ def _holds(box: Box, x: float, y: float) -> bool:
 
 class GroundingHead(nn.Module):
     """Linear heads over the visual tokens at given positions: class logits (the categories and
-    background) and a box (sigmoid corners)."""
+    background), a box (sigmoid corners) and, given `supercategories`, their logits (and
+    background; None without)."""
 
-    def __init__(self, width: int, classes: int) -> None:
+    def __init__(self, width: int, classes: int, supercategories: int = 0) -> None:
         super().__init__()
         self.linear = nn.Linear(width, classes + 1)
         self.box = nn.Linear(width, 4)
+        self.parent = nn.Linear(width, supercategories + 1) if supercategories else None
 
     def forward(
         self, tokens: torch.Tensor, batch: list[GroundedImage]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         rows = torch.tensor([i for i, item in enumerate(batch) for _ in item.tokens])
         columns = torch.tensor([token for item in batch for token in item.tokens])
         picked = tokens[rows.to(tokens.device), columns.to(tokens.device)].float()
-        return self.linear(picked), self.box(picked).sigmoid()
+        parents = self.parent(picked) if self.parent is not None else None
+        return self.linear(picked), self.box(picked).sigmoid(), parents
 
 
 def _targets(batch: list[GroundedImage], device: torch.device):
@@ -219,11 +249,15 @@ def pretrain_visual_grounding(
     items, classes = grounded_images(model, config.instances, config.images, dense=config.dense)
     visual = model.visual
     device = next(visual.parameters()).device
+    parents, supercategories = None, []
+    if config.supercategory_weight:
+        parents, supercategories = supercategory_map(config.instances, classes)
+        parents = parents.to(device)
     for encoder in visual.encoders.values():
         encoder.unfreeze()
     visual.train()
     visual.requires_grad_(True)
-    head = GroundingHead(visual.out_dim, len(classes)).to(device)
+    head = GroundingHead(visual.out_dim, len(classes), len(supercategories)).to(device)
     optimizer = torch.optim.Adam([*visual.parameters(), *head.parameters()], lr=config.lr)
     order = random.Random(seed)
     bar = _progress_bar(config.steps) if progress else None
@@ -232,9 +266,12 @@ def pretrain_visual_grounding(
     try:
         for step in range(1, config.steps + 1):
             batch = [items[order.randrange(len(items))] for _ in range(config.batch_size)]
-            logits, predicted = head(_encode(model, batch, device), batch)
+            logits, predicted, parent_logits = head(_encode(model, batch, device), batch)
             labels, corners, has_box = _targets(batch, device)
             loss = F.cross_entropy(logits, labels)
+            if parents is not None:
+                parent_loss = F.cross_entropy(parent_logits, parents[labels])
+                loss = loss + config.supercategory_weight * parent_loss
             if config.box_weight:
                 box_error = F.l1_loss(predicted[has_box], corners[has_box])
                 loss = loss + config.box_weight * box_error
@@ -300,7 +337,7 @@ def grounding_accuracy(
     correct = total = 0
     for start in range(0, len(items), 64):
         batch = items[start : start + 64]
-        logits, _ = head(_encode(model, batch, device), batch)
+        logits, _, _ = head(_encode(model, batch, device), batch)
         labels, _, _ = _targets(batch, device)
         correct += int((logits.argmax(-1) == labels).sum())
         total += len(labels)
