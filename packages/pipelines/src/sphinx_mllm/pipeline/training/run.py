@@ -145,8 +145,10 @@ def demo_run_config() -> RunConfig:
         model="demo",
         train=TrainConfig(
             stage="finetune",  # the encoders, grounded first, stay frozen
-            max_steps=1500,
-            global_batch_size=32,
+            # 16 conversations a step: twice the steps of 32 in the same time; on 2 cores that
+            # lifted held-out REC from 0.04-0.05 to 0.09 (VQA 0.59-0.61 before, 0.53-0.67 after)
+            max_steps=2600,
+            global_batch_size=16,
             lr=1.5e-3,
             min_lr=1e-4,
             warmup_steps=30,
@@ -155,10 +157,11 @@ def demo_run_config() -> RunConfig:
             max_length=512,
             checkpoint_every=200,
             keep_last=2,
-            max_minutes=11.75,
-            eval_every=300,  # learning curves: 40 held-out records per task, ~5 s each time
+            max_minutes=11.0,
+            eval_every=500,  # learning curves: 80 held-out records per task, ~10 s each time
         ),
         eval_limit=200,
+        curve_limit=80,
         synthetic=dict(DEMO_SYNTHETIC),
         grounding=dict(DEMO_GROUNDING),
     )
