@@ -196,6 +196,9 @@ def test_two_gloo_processes_follow_the_single_process_loss(synthetic, tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "--master_port", "29531", "-m", "sphinx_mllm.pipeline", "train", str(config),
         "--out", str(tmp_path / "ddp"), "--no-progress", "--device", "cpu",
+        # the processes agree each step on whether time is up, and wait for each other at the
+        # held-out scoring points
+        "--set", "max_minutes=30", "--set", "eval_every=2",
     ]  # fmt: skip
     ddp = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
