@@ -170,7 +170,7 @@ def report(rows: list[dict], out: Path, limit: int) -> None:
     # margin is a tie, not a win
     record = 1 / (len(TASKS) * 2 * limit)
     margin = best_mix["union_mean"] - best_parent["union_mean"]
-    if best_mix["beta"] in (0.0, 1.0) or margin <= -record:
+    if best_mix["beta"] in (0.0, 1.0):  # otherwise margin >= 0: the mixes include the parents
         verdict = "the mix does not beat both parents on the union"
     elif margin < record:
         verdict = f"a tie: the margin, {margin:.5f}, is under one held-out record ({record:.4f})"

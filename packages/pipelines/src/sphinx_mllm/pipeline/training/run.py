@@ -245,33 +245,34 @@ def grounding_config(run: RunConfig, run_dir: Path) -> GroundingConfig | None:
     return GroundingConfig(**settings)
 
 
-def _task_weights(item: Any) -> dict[str, float] | None:
+def _known_mapping(item: Any, key: str, kind: str, known) -> dict[str, Any] | None:
+    """`item` as a mapping whose keys are all `known` (None stays None)."""
     if item is None:
         return None
     if not isinstance(item, dict):
-        raise ValueError(f"task_weights maps synthetic tasks to weights, got {item!r}")
-    unknown = sorted(set(item) - set(DEMO_TASK_WEIGHTS))
+        raise ValueError(f"{key} is a mapping of {kind}s {sorted(known)}, got {item!r}")
+    unknown = sorted(set(item) - set(known))
     if unknown:
-        raise ValueError(
-            f"Unknown synthetic task(s) {unknown} in task_weights; expected some of "
-            f"{sorted(DEMO_TASK_WEIGHTS)}"
-        )
-    weights = {task: float(weight) for task, weight in item.items()}
-    negative = sorted(task for task, weight in weights.items() if weight < 0)
-    if negative or not any(weight > 0 for weight in (DEMO_TASK_WEIGHTS | weights).values()):
+        raise ValueError(f"Unknown {kind}(s) {unknown} in {key}; expected some of {sorted(known)}")
+    return dict(item)
+
+
+def _task_weights(item: Any) -> dict[str, float] | None:
+    weights = _known_mapping(item, "task_weights", "synthetic task", DEMO_TASK_WEIGHTS)
+    if weights is None:
+        return None
+    weights = {task: float(weight) for task, weight in weights.items()}
+    if any(weight < 0 for weight in weights.values()) or not any(
+        weight > 0 for weight in (DEMO_TASK_WEIGHTS | weights).values()
+    ):
         raise ValueError(f"task_weights must be >= 0 (0 leaves a task out), got {item!r}")
     return weights
 
 
 def _grounding(item: Any, base: Path) -> dict[str, Any] | None:
-    if item is None:
+    settings = _known_mapping(item, "grounding", "grounding field", _GROUNDING_FIELDS)
+    if settings is None:
         return None
-    if not isinstance(item, dict):
-        raise ValueError(f"grounding is a mapping of {_GROUNDING_FIELDS}, got {item!r}")
-    unknown = sorted(set(item) - set(_GROUNDING_FIELDS))
-    if unknown:
-        raise ValueError(f"Unknown grounding field(s) {unknown}; expected {_GROUNDING_FIELDS}")
-    settings = dict(item)
     for key in GROUNDING_PATHS:
         if settings.get(key) is not None:
             path = Path(settings[key])

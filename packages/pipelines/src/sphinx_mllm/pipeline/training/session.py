@@ -24,7 +24,7 @@ import yaml
 
 from sphinx_mllm.pipeline.training.data import DataSource, TrainingData
 from sphinx_mllm.pipeline.training.distributed import Distributed
-from sphinx_mllm.pipeline.training.plots import curve_table
+from sphinx_mllm.pipeline.training.plots import box_gallery, curve_table, plot_training_curve
 from sphinx_mllm.pipeline.training.run import (
     RunConfig,
     demo_run_config,
@@ -205,8 +205,6 @@ def run_training(
     summary: dict[str, Any] = {}
     if run.eval:
         summary = _evaluate(model, run, out, say)
-    from sphinx_mllm.pipeline.training.plots import plot_training_curve
-
     curve_file = out / EVAL_CURVE_FILE
     if curve_file.is_file():
         say(f"held-out score by step:\n{curve_table(curve_file)}")
@@ -273,8 +271,6 @@ def _evaluate(model: Any, run: RunConfig, out: Path, say) -> dict[str, Any]:
     (out / "eval.json").write_text(json.dumps(report.to_dict(), indent=1))
     boxes = [p for p in report.predictions if p.metric == "rec" and p.image is not None]
     if boxes:
-        from sphinx_mllm.pipeline.training.plots import box_gallery
-
         gallery = box_gallery(boxes[:GALLERY_SIZE], out / "eval_boxes.png")
         say(f"figures: {gallery}")
     return report.by_task()
