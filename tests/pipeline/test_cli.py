@@ -4,6 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sphinx_mllm.pipeline.cli import app
+from tests.command_line import sphinx_pipeline
 
 
 def test_components_filters_by_kind_and_pattern():
@@ -16,9 +17,9 @@ def test_components_filters_by_kind_and_pattern():
 
 
 def test_components_rejects_an_unknown_kind():
-    result = CliRunner().invoke(app, ["components", "--kind", "encoderz"])
-    assert result.exit_code != 0
-    assert "Unknown component kind 'encoderz'" in str(result.exception)
+    result = sphinx_pipeline("components", "--kind", "encoderz")
+    assert result.status == 2
+    assert "Unknown component kind 'encoderz' (did you mean encoders?)" in result.stderr
 
 
 def test_encode_prints_the_tokens_of_each_encoder(tmp_path):
@@ -38,9 +39,9 @@ def test_encode_prints_the_tokens_of_each_encoder(tmp_path):
 
 
 def test_encode_refuses_a_missing_image(tmp_path):
-    result = CliRunner().invoke(app, ["encode", str(tmp_path / "none.png"), "-e", "tiny_clip_vit"])
-    assert result.exit_code == 2
-    assert "no image file at" in result.output
+    result = sphinx_pipeline("encode", tmp_path / "none.png", "-e", "tiny_clip_vit")
+    assert result.status == 2
+    assert f"image {tmp_path / 'none.png'} does not exist" in result.stderr
 
 
 COMMANDS = [
@@ -97,10 +98,10 @@ def test_train_options_resolve_into_a_run(tmp_path):
 
 
 def test_train_refuses_bad_settings(tmp_path):
-    result = CliRunner().invoke(app, ["train", "--set", "lrate=1", "--out", str(tmp_path)])
-    assert result.exit_code == 1 and "lrate" in result.output
-    result = CliRunner().invoke(app, ["train", "--resume", "--restart", "--out", str(tmp_path)])
-    assert result.exit_code == 1 and "pick one" in result.output
+    result = sphinx_pipeline("train", "--set", "lrate=1", "--out", tmp_path)
+    assert result.status == 2 and "lrate" in result.stderr
+    result = sphinx_pipeline("train", "--resume", "--restart", "--out", tmp_path)
+    assert result.status == 2 and "pick one" in result.stderr
 
 
 def test_list_shows_one_kind(tmp_path):
@@ -109,7 +110,7 @@ def test_list_shows_one_kind(tmp_path):
     assert {"sphinx", "sphinx-1k", "sphinx-2k", "sphinx-tiny", "llava-1.5", "demo"} <= {
         line.split()[0] for line in result.output.splitlines()
     }
-    assert CliRunner().invoke(app, ["list", "gizmos"]).exit_code == 2
+    assert sphinx_pipeline("list", "gizmos").status == 2
 
 
 def test_merge_mixes_the_llm_weights_only(tmp_path):
@@ -134,7 +135,7 @@ def test_merge_mixes_the_llm_weights_only(tmp_path):
     for name, tensor in mixed.items():
         expected = 0.25 * a[name] + 0.75 * b[name] if name.startswith("llm.") else a[name]
         assert torch.equal(tensor, expected.to(tensor.dtype)), name
-    assert CliRunner().invoke(app, ["merge", "a", "b", str(out), "--beta", "2"]).exit_code == 2
+    assert sphinx_pipeline("merge", "a", "b", out, "--beta", "2").status == 2
 
 
 def test_describe_works_for_every_preset():

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 import sphinx_mllm.pipeline.generation as generation
 from sphinx_mllm.pipeline.building import build_model
 from sphinx_mllm.pipeline.cli import app
+from tests.command_line import sphinx_pipeline
 
 
 @pytest.fixture
@@ -48,9 +49,10 @@ def test_generate_loads_a_checkpoint_directory(image_file):
 
 def test_generate_reports_a_directory_that_is_no_checkpoint(image_file, tmp_path):
     (tmp_path / "empty").mkdir()
-    result = CliRunner().invoke(app, ["generate", "empty", "Hi"])
-    assert result.exit_code == 1
-    assert "is not a sphinx-pipeline checkpoint" in result.stderr
+    result = sphinx_pipeline("generate", "empty", "Hi")
+    assert result.status == 2
+    expected = "empty is not a sphinx-pipeline checkpoint: config.yaml is missing"
+    assert result.stderr == f"sphinx-pipeline: {expected}\n"
 
 
 def test_generate_draws_the_boxes_of_the_reply(image_file, monkeypatch):
@@ -63,21 +65,16 @@ def test_generate_draws_the_boxes_of_the_reply(image_file, monkeypatch):
     assert Image.open("out.png").size == (48, 32)
 
 
-def _message(result):
-    """The output's words, whatever the width the error panel wrapped them to."""
-    return " ".join(result.output.replace("│", " ").split())
-
-
 def test_generate_refuses_a_missing_image(image_file):
-    result = CliRunner().invoke(app, ["generate", "demo", "--image", "missing.png", "Hi"])
-    assert result.exit_code != 0
-    assert "no image file at missing.png" in _message(result)
+    result = sphinx_pipeline("generate", "demo", "--image", "missing.png", "Hi")
+    assert result.status == 2
+    assert result.stderr == "sphinx-pipeline: image missing.png does not exist\n"
 
 
 def test_generate_refuses_a_missing_checkpoint(image_file):
-    result = CliRunner().invoke(app, ["generate", "no-such-ckpt", "Hi"])
-    assert result.exit_code != 0
-    assert "no-such-ckpt does not exist, and 'no-such-ckpt' is no model preset" in _message(result)
+    result = sphinx_pipeline("generate", "no-such-ckpt", "Hi")
+    assert result.status == 2
+    assert "no-such-ckpt does not exist, and 'no-such-ckpt' is no model preset" in result.stderr
 
 
 @pytest.mark.parametrize("command", ["generate", "chat"])

@@ -277,6 +277,7 @@ def test_default_strategy_on_a_tower_without_cls_is_refused(tmp_path):
 
 def test_import_llava_command_writes_a_checkpoint(tmp_path):
     from sphinx_mllm.pipeline.cli import app
+    from tests.command_line import sphinx_pipeline
 
     save_llava(tmp_path / "hf")
     out = tmp_path / "out"
@@ -286,8 +287,8 @@ def test_import_llava_command_writes_a_checkpoint(tmp_path):
     assert (out / "config.yaml").is_file() and (out / "model.safetensors").is_file()
     assert json.loads((out / "checkpoint.json").read_text())["format_version"] == 1
 
-    again = CliRunner().invoke(app, ["import-llava", str(tmp_path / "hf"), str(out)])
-    assert again.exit_code != 0 and "--force" in again.output
+    again = sphinx_pipeline("import-llava", tmp_path / "hf", out)
+    assert again.status == 2 and "pass --force" in again.stderr
     forced = CliRunner().invoke(
         app, ["import-llava", str(tmp_path / "hf"), str(out), "--force", "--dtype", "bfloat16"]
     )

@@ -6,7 +6,8 @@ real-size model in seconds without memory). `components` swaps in Python objects
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -58,12 +59,16 @@ def build_model(
     dtype = getattr(torch, config.dtype)
     llm, llm_tokenizer = components.get("llm"), None
     if llm is None:
-        llm, llm_tokenizer = build_llm(config, dtype=dtype, device=device)
+        with _naming("llm", config.llm.name):
+            llm, llm_tokenizer = build_llm(config, dtype=dtype, device=device)
     tokenizer = components.get("tokenizer") or load_tokenizer(config.tokenizer, llm_tokenizer)
     width = llm.get_input_embeddings().embedding_dim
-    visual = components.get("visual") or build_visual_stack(
-        config, width, device=device, dtype=dtype, components=components
-    )
+    visual = components.get("visual")
+    if visual is None:
+        with _naming("vision", ", ".join(spec.name for spec in config.vision.encoders)):
+            visual = build_visual_stack(
+                config, width, device=device, dtype=dtype, components=components
+            )
     return SphinxModel(
         visual,
         llm,
@@ -75,6 +80,20 @@ def build_model(
         tokenizer=tokenizer,
         template=get_chat_template(config.template),
     )
+
+
+@contextmanager
+def _naming(part: str, name: str) -> Iterator[None]:
+    """Report a component that its own library refuses to build from the config's values (a
+    wrong type, an impossible size) as a `ConfigError` naming the config section."""
+    from huggingface_hub.errors import StrictDataclassError  # transformers' config validation
+
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, StrictDataclassError) as error:
+        raise ConfigError(f"{part} ({name}) cannot be built from the config: {error}") from error
 
 
 def build_llm(

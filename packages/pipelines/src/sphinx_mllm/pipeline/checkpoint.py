@@ -23,23 +23,24 @@ from typing import Any
 
 import torch
 
+from sphinx_mllm.core.outputs import AtomicOutputDirectory
 from sphinx_mllm.core.weight_files import CheckpointError
 from sphinx_mllm.llm.merging.checkpoint import ModelCheckpoint
 from sphinx_mllm.llm.merging.writer import (
-    AtomicOutputDirectory,
     OutputTensor,
     StreamingShardWriter,
     plan_shards,
     shard_names,
     write_index,
 )
-from sphinx_mllm.pipeline.config import ModelConfig
+from sphinx_mllm.pipeline.config import ConfigError, ModelConfig
 from sphinx_mllm.pipeline.model import SphinxModel
 
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "checkpoint.json"
 TOKENIZER_DIR = "tokenizer"
 FORMAT_VERSION = 1
+WRITER = "sphinx-pipeline"  # the marker an earlier checkpoint must carry to be replaced
 DEFAULT_SHARD_BYTES = 5 * 1024**3
 
 
@@ -51,11 +52,14 @@ def save_pretrained(
     reference_frozen_encoders: bool = True,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     before_commit: Callable[[Path], None] | None = None,
+    inputs: Iterable[str | Path] = (),
 ) -> Path:
     """Write `model` to `directory` atomically; an existing directory is refused unless
-    `overwrite`. Frozen encoders whose config names a pretrained source are referenced by that
-    source instead of copied, unless `reference_frozen_encoders=False`. `before_commit` may add
-    files to the hidden directory before it is renamed into place (a trainer's state)."""
+    `overwrite`, and even then unless it is an earlier checkpoint (its marker file) holding none
+    of `inputs` (the files the model was read from). Frozen encoders whose config names a
+    pretrained source are referenced by that source instead of copied, unless
+    `reference_frozen_encoders=False`. `before_commit` may add files to the hidden directory
+    before it is renamed into place (a trainer's state)."""
     if model.config is None:
         raise ValueError(
             "This SphinxModel has no ModelConfig (it was assembled from parts by hand), so a "
@@ -63,7 +67,7 @@ def save_pretrained(
         )
     referenced = _referenced_encoders(model) if reference_frozen_encoders else {}
     tensors, tied = _unique_tensors(model, skip_prefixes=tuple(f"{p}." for p in referenced))
-    output = AtomicOutputDirectory(directory, force=overwrite)
+    output = AtomicOutputDirectory(directory, writer=WRITER, force=overwrite, inputs=inputs)
     try:
         model.config.save(output.path / CONFIG_FILE)
         _write_weights(output.path, tensors, shard_bytes, model.config)
@@ -99,12 +103,7 @@ def load_pretrained(
             raise CheckpointError(
                 f"{directory} is not a sphinx-pipeline checkpoint: {required} is missing"
             )
-    manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{directory / MANIFEST_FILE}: format_version {manifest.get('format_version')!r}, "
-            f"this sphinx-pipeline reads {FORMAT_VERSION}"
-        )
+    manifest = _read_manifest(directory)
     config = ModelConfig.load(directory / CONFIG_FILE)
     components = dict(components or {})
     if (directory / TOKENIZER_DIR).is_dir() and "tokenizer" not in components:
@@ -113,7 +112,10 @@ def load_pretrained(
         components["tokenizer"] = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR)
     from sphinx_mllm.pipeline.building import build_model
 
-    model = build_model(_weights_from_checkpoint(config), device=device, components=components)
+    try:
+        model = build_model(_weights_from_checkpoint(config), device=device, components=components)
+    except ConfigError as error:
+        raise ConfigError(f"{directory / CONFIG_FILE}: {error}") from error
     model.config = config
     _load_weights(model, directory, manifest)
     return model
@@ -123,12 +125,35 @@ def load_weights(model: SphinxModel, directory: str | Path) -> None:
     """Load a checkpoint's weights into an existing model of the same config (checked first:
     nothing changes unless every tensor fits)."""
     directory = Path(directory).expanduser()
-    manifest_file = directory / MANIFEST_FILE
-    if not manifest_file.is_file():
+    if not (directory / MANIFEST_FILE).is_file():
         raise CheckpointError(
             f"{directory} is not a sphinx-pipeline checkpoint: no {MANIFEST_FILE}"
         )
-    _load_weights(model, directory, json.loads(manifest_file.read_text()))
+    _load_weights(model, directory, _read_manifest(directory))
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    """`checkpoint.json`, checked: a JSON object of this format version, with a mapping of
+    tied tensors and of referenced encoders."""
+    path = directory / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(manifest).__name__}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format_version {manifest.get('format_version')!r}, this sphinx-pipeline "
+            f"reads {FORMAT_VERSION}"
+        )
+    for key in ("tied", "referenced_encoders"):
+        entries = manifest.get(key, {})
+        if not isinstance(entries, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in entries.items()
+        ):
+            raise CheckpointError(f"{path}: {key} must map tensor names to names, got {entries!r}")
+    return manifest
 
 
 def _weights_from_checkpoint(config: ModelConfig) -> ModelConfig:

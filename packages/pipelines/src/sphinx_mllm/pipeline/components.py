@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 from sphinx_mllm.core import ComponentInfo, ComponentRegistry, PluginLoadError
 from sphinx_mllm.data.registry import CHAT_TEMPLATES, TASK_BUILDERS
 from sphinx_mllm.encoders.registry import ENCODERS
@@ -26,13 +28,33 @@ ALL_REGISTRIES: dict[str, ComponentRegistry] = {
 }
 
 
+# The kind names `sphinx-pipeline list` and `components --kind` take (either command also takes
+# the registry's own kind, e.g. view_splitters), and the registry kind of each
+KIND_NAMES = {
+    "encoders": "encoders",
+    "mixers": "mixers",
+    "projectors": "projectors",
+    "splitters": "view_splitters",
+    "mergers": "merge_methods",
+    "llms": "language_models",
+    "tasks": "task_builders",
+    "templates": "chat_templates",
+    "presets": "model_presets",
+}
+SHORT_NAMES = {kind: name for name, kind in KIND_NAMES.items()}
+
+
 def registry_for(kind: str) -> ComponentRegistry:
-    """The registry of one kind; an unknown kind names the known ones."""
-    if kind not in ALL_REGISTRIES:
+    """The registry of one kind (a short name such as `splitters`, or the registry's kind such
+    as `view_splitters`); an unknown kind names the known ones."""
+    found = ALL_REGISTRIES.get(KIND_NAMES.get(kind, kind))
+    if found is None:
+        close = difflib.get_close_matches(kind, list(dict.fromkeys([*KIND_NAMES, *ALL_REGISTRIES])))
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(
-            f"Unknown component kind {kind!r}; expected one of {sorted(ALL_REGISTRIES)}"
+            f"Unknown component kind {kind!r}{hint}; expected one of {', '.join(KIND_NAMES)}"
         )
-    return ALL_REGISTRIES[kind]
+    return found
 
 
 def describe_components(

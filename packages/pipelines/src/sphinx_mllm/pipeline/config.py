@@ -158,15 +158,29 @@ class ModelConfig:
 
 def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     """Set `data["a"]["b"]` for `dotted == "a.b"`; list items go by index
-    (`vision.encoders.0.name`)."""
+    (`vision.encoders.0.name`). A key through a value that is not a mapping, or an index past a
+    list's end, is a `ConfigError` naming the setting."""
     *parents, last = dotted.split(".")
     node: Any = data
     for key in parents:
-        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+        node = (
+            node[_index(node, key, dotted)] if isinstance(node, list) else node.setdefault(key, {})
+        )
+        if not isinstance(node, dict | list):
+            raise ConfigError(f"{dotted}: {key} is {node!r}, which has no fields to set")
     if isinstance(node, list):
-        node[int(last)] = value
+        node[_index(node, last, dotted)] = value
     else:
         node[last] = value
+
+
+def _index(items: list, key: str, dotted: str) -> int:
+    if not key.isdigit() or int(key) >= len(items):
+        raise ConfigError(
+            f"{dotted}: {key!r} is not an index of a list of {len(items)} item(s) "
+            f"(0 to {len(items) - 1})"
+        )
+    return int(key)
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -208,11 +222,35 @@ def _build(cls: type, data: Any, where: str) -> Any:
             ]
         elif nested is not None:
             value = _build(nested, value, f"{where}.{name}")
+        else:
+            _check_type(value, fields[name].type, f"{where}.{name}")
         values[name] = value
     try:
         return cls(**values)
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from error
+
+
+# the Python types each leaf annotation of the config classes admits (a bool is no int here)
+_LEAF_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "Placement": (str,),
+    "str | None": (str, type(None)),
+    "int | None": (int, type(None)),
+    "bool | str | None": (bool, str, type(None)),
+    "dict[str, Any]": (dict,),
+    "dict[str, Any] | None": (dict, type(None)),
+}
+
+
+def _check_type(value: Any, annotation: str, where: str) -> None:
+    allowed = _LEAF_TYPES[annotation]
+    if isinstance(value, bool) and bool not in allowed:
+        allowed = ()
+    if not isinstance(value, allowed):
+        raise ConfigError(f"{where} must be {annotation}, got {value!r}")
+    if isinstance(value, dict) and not all(isinstance(key, str) for key in value):
+        raise ConfigError(f"{where}: every key must be a string, got {list(value)!r}")
 
 
 _NESTED: dict[tuple[str, str], type] = {

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from sphinx_mllm.data.metrics import exact_match, rec_iou, vqa_accuracy
+from sphinx_mllm.data.readers import Problems
 from sphinx_mllm.data.readers.llava import read_llava
 from sphinx_mllm.pipeline.generation import generate, left_pad, render_prompt
-from sphinx_mllm.pipeline.training.data import DataSource
+from sphinx_mllm.pipeline.images import open_image
+from sphinx_mllm.pipeline.training.data import DataSource, with_readable_images
 
 METRICS = ("auto", "exact", "vqa", "rec")
 AUTO_METRIC = {"vqa": "vqa", "rec": "rec"}
@@ -124,11 +125,11 @@ def evaluate(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> EvalReport:
     """Generate the last reply of every record (at most `limit` per source) and score it. The
-    reply may run `extra_tokens` past the reference's own token count."""
-    items = []
-    for source in sources:
-        records = list(read_llava(source.path))[: limit or None]
-        items += [(source, record) for record in records]
+    reply may run `extra_tokens` past the reference's own token count. Every record and image
+    is checked before the first is generated; an empty file or a limit under 1 is an error."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size!r}")
+    items = records_to_score(sources, limit=limit)
     predictions: list[Prediction] = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
@@ -138,17 +139,36 @@ def evaluate(
     return EvalReport(predictions)
 
 
+def records_to_score(
+    sources: Sequence[DataSource], *, limit: int | None
+) -> list[tuple[DataSource, dict[str, Any]]]:
+    """The first `limit` records of each source (all when None), each record and its images
+    checked; an empty file, or a limit under 1, is an error."""
+    if limit is not None and (isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"limit must be a positive number of records per file, got {limit!r}")
+    items = []
+    for source in sources:
+        if not source.path.is_file():
+            raise FileNotFoundError(f"No data file at {source.path}")
+        records = list(read_llava(source.path))
+        if not records:
+            raise ValueError(f"{source.path}: the file holds no records to score")
+        records = with_readable_images(source, records[:limit], Problems("raise"))
+        items += [(source, record) for record in records]
+    return items
+
+
 def _predict(model, chunk, metric: str, extra_tokens: int) -> list[Prediction]:
     prompts, pixels, references, images = [], [], [], []
     for source, record in chunk:
         turns = record["conversations"]
         image = record.get("image")
-        path = (source.images or source.path.parent) / image if image else None
+        path = source.image_path(image) if image else None
         size = None
         if path is not None:
-            with Image.open(path) as opened:
-                size = opened.size
-                pixels.append(model.preprocess(opened.convert("RGB")))
+            opened = open_image(path)
+            size = opened.size
+            pixels.append(model.preprocess(opened))
         prompts.append(
             render_prompt(model, turns[:-1], image_count=int(path is not None), image_size=size)
         )

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from sphinx_mllm.pipeline.commands import add_command
+
 
 def describe(
     preset: Annotated[
@@ -26,4 +28,4 @@ def describe(
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(describe)
+    add_command(app, describe)

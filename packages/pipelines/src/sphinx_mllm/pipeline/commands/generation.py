@@ -5,11 +5,12 @@ try the plumbing without a checkpoint."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from sphinx_mllm.pipeline.commands import add_command
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -61,7 +62,7 @@ def generate(
     from sphinx_mllm.pipeline.generation import answer
 
     options = _generation_options(model, max_new_tokens, temperature, top_p, seed)
-    reply = _run(answer, model, None if photo is None else [photo], [prompt], **options)
+    reply = answer(model, None if photo is None else [photo], [prompt], **options)
     typer.echo(reply[0])
     if draw is not None and photo is not None:
         from sphinx_mllm.pipeline.drawing import draw_boxes, find_boxes
@@ -101,7 +102,7 @@ def chat(
         if not question:
             continue
         turns = [*history, {"from": "human", "value": question}]
-        reply = _run(_reply, model, turns, photo, options)
+        reply = _reply(model, turns, photo, options)
         typer.echo(reply)
         if reply:  # a template cannot render an empty reply: that exchange is not kept
             history += [turns[-1], {"from": "gpt", "value": reply}]
@@ -128,43 +129,20 @@ def _reply(
 
 
 def _open_image(path: Path | None) -> Image.Image | None:
-    if path is None:
-        return None
-    from PIL import Image, UnidentifiedImageError
+    from sphinx_mllm.pipeline.images import open_image
 
-    if not path.is_file():
-        raise typer.BadParameter(f"no image file at {path}", param_hint="'--image'")
-    try:
-        with Image.open(path) as opened:
-            return opened.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise typer.BadParameter(f"cannot read {path} as an image: {error}") from error
+    return None if path is None else open_image(path)
 
 
 def _load_model(checkpoint: str, seed: int | None) -> SphinxModel:
-    """The checkpoint directory's model, or a preset built with random weights."""
+    """The checkpoint directory's model, or a preset built with random weights (`seed`)."""
     import torch
 
-    from sphinx_mllm.pipeline.registry import list_model_presets
+    from sphinx_mllm.pipeline.training.session import load_model
 
     if seed is not None:
         torch.manual_seed(seed)
-    path = Path(checkpoint).expanduser()
-    if path.is_dir():
-        from sphinx_mllm.pipeline.model import SphinxModel
-
-        return _run(SphinxModel.from_pretrained, path)
-    presets = list_model_presets()
-    if checkpoint in presets:
-        from sphinx_mllm.pipeline.building import build_model
-
-        typer.echo(f"{checkpoint!r} is a model preset: building it with random weights", err=True)
-        return _run(build_model, checkpoint)
-    what = "is a file, not a checkpoint directory" if path.exists() else "does not exist"
-    raise typer.BadParameter(
-        f"{path} {what}, and {checkpoint!r} is no model preset ({', '.join(presets)})",
-        param_hint="CKPT",
-    )
+    return load_model(checkpoint, announce=lambda line: typer.echo(line, err=True))
 
 
 def _generation_options(
@@ -188,16 +166,6 @@ def _check_top_p(top_p: float) -> None:
         raise typer.BadParameter(f"must be in (0, 1], got {top_p}", param_hint="'--top-p'")
 
 
-def _run(action: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """`action(*args, **kwargs)`, with a model's or a conversation's errors (bad checkpoint,
-    unrenderable prompt, bad option) shown as messages, not tracebacks."""
-    try:
-        return action(*args, **kwargs)
-    except (ValueError, FileNotFoundError, OSError) as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(1) from error
-
-
 def register(app: typer.Typer) -> None:
-    app.command()(generate)
-    app.command()(chat)
+    add_command(app, generate)
+    add_command(app, chat)

@@ -7,21 +7,12 @@ from typing import Annotated
 
 import typer
 
-KINDS = {
-    "encoders": "encoders",
-    "mixers": "mixers",
-    "projectors": "projectors",
-    "splitters": "view_splitters",
-    "mergers": "merge_methods",
-    "llms": "language_models",
-    "tasks": "task_builders",
-    "templates": "chat_templates",
-    "presets": "model_presets",
-}
+from sphinx_mllm.pipeline.commands import add_command
+from sphinx_mllm.pipeline.components import KIND_NAMES
 
 
 def list_components(
-    kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(KINDS)}.")],
+    kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(KIND_NAMES)}.")],
     pattern: Annotated[str, typer.Argument(help="Shell wildcard over names.")] = "*",
 ) -> None:
     """List the registered components of one kind, with a one-line summary each.
@@ -30,9 +21,7 @@ def list_components(
     """
     from sphinx_mllm.pipeline.components import registry_for
 
-    if kind not in KINDS:
-        raise typer.BadParameter(f"expected one of {', '.join(KINDS)}, got {kind!r}")
-    registry = registry_for(KINDS[kind])
+    registry = registry_for(kind)
     names = registry.names(pattern)
     width = max((len(name) for name in names), default=4)
     for name in names:
@@ -56,14 +45,10 @@ def merge(
 
     if not 0.0 <= beta <= 1.0:
         raise typer.BadParameter(f"beta must lie in [0, 1], got {beta}", param_hint="--beta")
-    try:
-        report = mix_llm_weights(first, second, out, beta=beta, overwrite=force)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(1) from error
+    report = mix_llm_weights(first, second, out, beta=beta, overwrite=force)
     typer.echo(report)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("list")(list_components)
-    app.command()(merge)
+    add_command(app, list_components, "list")
+    add_command(app, merge)

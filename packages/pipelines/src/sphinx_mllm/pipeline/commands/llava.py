@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from sphinx_mllm.pipeline.commands import add_command
+
 if TYPE_CHECKING:
     from sphinx_mllm.pipeline.model import SphinxModel
 
@@ -26,7 +28,13 @@ def import_llava(
         str | None,
         typer.Option(help=f"One of {', '.join(DTYPE_CHOICES)}; default: the checkpoint's."),
     ] = None,
-    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Replace OUT if it is an earlier sphinx-pipeline checkpoint (never other files, "
+            "never a directory holding HF_DIR)."
+        ),
+    ] = False,
 ) -> None:
     """Import a Hugging Face LLaVA checkpoint and save it as a sphinx-pipeline checkpoint.
 
@@ -36,12 +44,16 @@ def import_llava(
         raise typer.BadParameter(
             f"expected one of {DTYPE_CHOICES}, got {dtype!r}", param_hint="--dtype"
         )
-    if out.exists() and not force:
-        raise typer.BadParameter(f"{out} exists; pass --force to replace it", param_hint="OUT")
+    from sphinx_mllm.core.outputs import check_replaceable
+    from sphinx_mllm.pipeline.checkpoint import WRITER
     from sphinx_mllm.pipeline.llava_import import from_llava
 
+    if out.exists():  # checked before the (long) import, and again under the output's lock
+        if not force:
+            raise FileExistsError(f"{out} exists; pass --force to replace it")
+        check_replaceable(out.resolve(), WRITER, inputs=[hf_dir])
     model = from_llava(hf_dir, dtype=dtype)
-    written = model.save_pretrained(out, overwrite=force)
+    written = model.save_pretrained(out, overwrite=force, inputs=[hf_dir])
     rows = import_summary(model)
     width = max(len(label) for label, _ in rows)
     typer.echo(f"Imported {hf_dir} -> {written}")
@@ -98,4 +110,4 @@ def _parameter_counts(model: SphinxModel) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("import-llava")(import_llava)
+    add_command(app, import_llava, "import-llava")

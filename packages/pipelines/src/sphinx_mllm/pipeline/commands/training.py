@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from sphinx_mllm.pipeline.commands import add_command
+
 DEFAULT_RUN_DIR = Path("runs/demo")
 
 
@@ -31,7 +33,7 @@ def train(
         typer.Option("--eval-data", help="Held-out LLaVA file(s) scored after training."),
     ] = None,
     out: Annotated[Path, typer.Option(help="Run directory.")] = DEFAULT_RUN_DIR,
-    max_steps: Annotated[int | None, typer.Option(help="Optimisation steps.")] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Optimisation steps.")] = None,
     settings: Annotated[
         list[str] | None,
         typer.Option("--set", help="key=value: a train field (lr=1e-3) or model.* by dotted path."),
@@ -57,26 +59,22 @@ def train(
 
       torchrun --nproc_per_node 2 -m sphinx_mllm.pipeline train run.yaml --out runs/ddp
     """
-    from sphinx_mllm.pipeline.training.session import TrainingError, run_training
+    from sphinx_mllm.pipeline.training.session import run_training
 
-    try:
-        run_training(
-            config_file=config,
-            preset=preset,
-            data=data or [],
-            images=images or [],
-            eval_data=eval_data or [],
-            out=out,
-            max_steps=max_steps,
-            settings=settings or [],
-            resume=resume,
-            restart=restart,
-            device=device,
-            progress=progress,
-        )
-    except (TrainingError, FileNotFoundError, ValueError) as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(1) from error
+    run_training(
+        config_file=config,
+        preset=preset,
+        data=data or [],
+        images=images or [],
+        eval_data=eval_data or [],
+        out=out,
+        max_steps=max_steps,
+        settings=settings or [],
+        resume=resume,
+        restart=restart,
+        device=device,
+        progress=progress,
+    )
 
 
 def evaluate(
@@ -86,8 +84,10 @@ def evaluate(
         list[Path] | None, typer.Option(help="Image root of each --data (one serves all).")
     ] = None,
     metric: Annotated[str, typer.Option(help="auto, exact, vqa or rec.")] = "auto",
-    limit: Annotated[int | None, typer.Option(help="At most this many records per file.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Records generated at once.")] = 16,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="At most this many records per file.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Records generated at once.")] = 16,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Score a checkpoint on held-out records, per task (auto: VQA accuracy for VQA, Acc@0.5
@@ -103,12 +103,8 @@ def evaluate(
         raise typer.BadParameter(
             f"expected one of {METRICS}, got {metric!r}", param_hint="--metric"
         )
-    try:
-        sources = pair_sources(data, images or [])
-        model = load_model(checkpoint)
-    except (FileNotFoundError, ValueError) as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(1) from error
+    sources = pair_sources(data, images or [])
+    model = load_model(checkpoint)
     report = run_evaluation(model, sources, metric=metric, batch_size=batch_size, limit=limit)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
@@ -117,5 +113,5 @@ def evaluate(
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(train)
-    app.command("eval")(evaluate)
+    add_command(app, train)
+    add_command(app, evaluate, "eval")

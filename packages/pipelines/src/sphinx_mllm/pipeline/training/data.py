@@ -11,6 +11,7 @@ into padded tensors with each image's views.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from sphinx_mllm.data.budget import fit_to_budget
+from sphinx_mllm.data.image_paths import image_path_under
 from sphinx_mllm.data.mixtures import SphinxBatches, TypedSource
 from sphinx_mllm.data.readers import Problems
 from sphinx_mllm.data.readers.llava import read_llava
-from sphinx_mllm.data.templates import IGNORE_INDEX, render_batch
+from sphinx_mllm.data.templates import IGNORE_INDEX, ConversationError, render, render_batch
+from sphinx_mllm.pipeline.images import ImageFileError, check_image, open_image
 
 IMAGE_TEXT, TEXT_ONLY = "image-text", "text-only"
 RENDER_CHUNK = 256
@@ -33,11 +35,26 @@ RENDER_CHUNK = 256
 @dataclass(frozen=True)
 class DataSource:
     """One conversation file (LLaVA JSON or JSONL), its mixture weight (the ratio it is
-    subsampled to per epoch; > 1 repeats it) and the folder its image paths are relative to."""
+    subsampled to per epoch; > 1 repeats it) and the folder its image paths are relative to.
+    Image paths that are absolute or leave that folder are refused unless
+    `images_outside_root`."""
 
     path: Path
     weight: float = 1.0
     images: Path | None = None
+    images_outside_root: bool = False
+
+    def __post_init__(self) -> None:
+        weight = self.weight
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise ValueError(f"data {self.path}: the weight must be a number, got {weight!r}")
+        if not math.isfinite(weight) or weight <= 0:
+            raise ValueError(f"data {self.path}: the weight must be positive, got {weight!r}")
+        if not isinstance(self.images_outside_root, bool):
+            raise ValueError(
+                f"data {self.path}: images_outside_root must be true or false, got "
+                f"{self.images_outside_root!r}"
+            )
 
     @classmethod
     def parse(cls, spec: str, images: str | Path | None = None) -> DataSource:
@@ -46,9 +63,15 @@ class DataSource:
         head, _, tail = spec.rpartition(":")
         if head and tail.replace(".", "", 1).isdigit():
             path, weight = head, float(tail)
-        if weight <= 0:
-            raise ValueError(f"--data {spec!r}: the weight must be positive")
         return cls(Path(path).expanduser(), weight, Path(images).expanduser() if images else None)
+
+    @property
+    def image_root(self) -> Path:
+        return self.images or self.path.parent
+
+    def image_path(self, name: object) -> Path:
+        """Where the image a record names lives (a name leaving the root is refused)."""
+        return image_path_under(self.image_root, name, allow_outside=self.images_outside_root)
 
     @property
     def name(self) -> str:
@@ -154,8 +177,9 @@ class TrainingData:
         max_length: int = 1024,
         on_error: str = "raise",
     ) -> TrainingData:
-        """Read, render and budget every source; `on_error="skip"` counts malformed records
-        instead of stopping at the first."""
+        """Read, render and budget every source, and decode every image once, so that a bad
+        record or image stops the run now, naming it, rather than mid-training;
+        `on_error="skip"` drops and counts such records instead."""
         if model.tokenizer is None:
             raise ValueError(
                 "This model has no tokenizer, so conversations cannot be rendered; set "
@@ -167,14 +191,17 @@ class TrainingData:
         for source in sources:
             if not source.path.is_file():
                 raise FileNotFoundError(f"No data file at {source.path}")
+            kept: list[Example] = []
             problems = Problems(on_error)
             records = list(read_llava(source.path, problems))
-            for reason, count in problems.skipped.items():
-                report.dropped[f"{source.name}: {reason}"] += count
-            kept = []
+            if not records and not problems.total:
+                raise ValueError(f"{source.path}: the file holds no records")
+            records = with_readable_images(source, records, problems)
             for start in range(0, len(records), RENDER_CHUNK):
                 chunk = records[start : start + RENDER_CHUNK]
-                kept.extend(_render(model, source, chunk, visual, max_length, report))
+                kept.extend(_render(model, source, chunk, visual, max_length, report, problems))
+            for reason, count in problems.skipped.items():
+                report.dropped[f"{source.name}: {reason}"] += count
             if not kept:
                 raise ValueError(f"{source.path}: no usable record ({report.summary()})")
             examples[source.name] = kept
@@ -213,8 +240,7 @@ class TrainingData:
     def views(self, path: Path) -> torch.Tensor:
         """The views of the image at `path` (cached: demo images are small)."""
         if path not in self._views:
-            with Image.open(path) as image:
-                self._views[path] = self.model.preprocess(image.convert("RGB"))
+            self._views[path] = self.model.preprocess(open_image(path))
         return self._views[path]
 
 
@@ -247,25 +273,49 @@ def collate_examples(model: Any, examples: Sequence[Example], views) -> Batch:
     return Batch(input_ids, mask, labels, pixels or None, [ex.task for ex in examples], per_row)
 
 
-def _render(model, source: DataSource, records, visual: int, max_length: int, report) -> list:
-    conversations = [record["conversations"] for record in records]
-    samples = render_batch(
-        model.template,
-        conversations,
-        model.tokenizer,
-        image_token=model.image_token_id,
-        image_token_count=1,
-        num_images=[len(_images(record)) for record in records],
-        sample_ids=[f"{source.path}:{record.get('id', i)}" for i, record in enumerate(records)],
-    )
+def _render(
+    model, source: DataSource, records, visual: int, max_length: int, report, problems: Problems
+) -> list:
+    ids = [f"{source.path}:{record.get('id', i)}" for i, record in enumerate(records)]
+    options = {"image_token": model.image_token_id, "image_token_count": 1}
+    try:
+        samples = render_batch(
+            model.template,
+            [record["conversations"] for record in records],
+            model.tokenizer,
+            num_images=[len(_images(record)) for record in records],
+            sample_ids=ids,
+            **options,
+        )
+    except ConversationError:
+        if problems.on_error == "raise":
+            raise
+        samples = []  # find the bad ones one by one, and count them
+        for record, sample_id in zip(records, ids, strict=True):
+            try:
+                samples.append(
+                    render(
+                        model.template,
+                        record["conversations"],
+                        model.tokenizer,
+                        num_images=len(_images(record)),
+                        sample_id=sample_id,
+                        **options,
+                    )
+                )
+            except ConversationError:
+                problems.skipped["conversation cannot be rendered"] += 1
+                samples.append(None)
     kept = []
     for record, sample in zip(records, samples, strict=True):
+        if sample is None:
+            continue
         fitted = fit_to_budget(sample, visual, max_length)
         if fitted.dropped:
             report.dropped[f"{source.name}: {fitted.drop_reason.value}"] += 1
             continue
         report.truncated += int(fitted.truncated)
-        images = [_image_path(source, name) for name in _images(record)]
+        images = [source.image_path(name) for name in _images(record)]
         images = images[: len(fitted.image_spans)]
         kept.append(
             Example(
@@ -287,11 +337,32 @@ def _images(record: dict) -> list[str]:
     return list(image) if isinstance(image, list) else [image]
 
 
-def _image_path(source: DataSource, name: str) -> Path:
-    root = source.images or source.path.parent
-    path = root / name
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{source.path}: image {name!r} not found under {root} (pass --images ROOT)"
-        )
-    return path
+def with_readable_images(source: DataSource, records: list[dict], problems: Problems) -> list:
+    """The records whose images all lie under the source's root and decode; each image file is
+    decoded once (a data set's images are shared by many records)."""
+    checked: dict[Path, str | None] = {}  # path -> why it cannot be used (None: it can)
+    usable = []
+    for index, record in enumerate(records):
+        failure = None
+        for name in _images(record):
+            try:
+                path = source.image_path(name)
+            except ValueError as error:
+                failure = (str(error), "image path outside the image root")
+                break
+            if path not in checked:
+                try:
+                    check_image(path)
+                    checked[path] = None
+                except ImageFileError as error:
+                    checked[path] = str(error)
+            if checked[path] is not None:
+                hint = "" if source.images else " (pass --images ROOT)"
+                failure = (f"{checked[path]}{hint}", "missing or unreadable image")
+                break
+        if failure is None:
+            usable.append(record)
+        else:
+            detail, reason = failure
+            problems.report(f"{source.path}: record {record.get('id', index)!r}: {detail}", reason)
+    return usable

@@ -4,8 +4,9 @@ from a YAML file and command-line options, and carried out into a run directory.
 ```yaml
 model: demo                      # a preset, a config YAML path, or a whole ModelConfig mapping
 data:
-  - {path: train.jsonl, weight: 1.0, images: data/}
-eval:
+  - {path: train.jsonl, weight: 1.0, images: data/}   # images_outside_root: true lets its
+eval:                                                 # image paths be absolute or use '..'
+
   - {path: val.jsonl, images: data/}
 train: {stage: finetune, max_steps: 1000, lr: 2.0e-5, global_batch_size: 32, eval_every: 250}
 curve_limit: 40                  # held-out records per source scored every eval_every steps
@@ -51,6 +52,7 @@ DEMO_SYNTHETIC = {"seed": 0, "train": 3000, "val": 50, "multi_round": 1}
 # (about 40 s) teaches them shape as well as colour, which the MLLM's loss alone does not
 DEMO_GROUNDING = {"steps": 300, "batch_size": 32, "lr": 1e-3}
 GROUNDING_PATHS = ("instances", "images", "eval_instances", "eval_images")
+ON_ERROR = ("raise", "skip")
 
 
 @dataclass
@@ -67,6 +69,13 @@ class RunConfig:
     task_weights: dict[str, float] | None = None  # the synthetic tasks' mixture (DEMO_TASK_WEIGHTS)
     # GroundingConfig fields; the synthetic demo supplies the instances and images itself
     grounding: dict[str, Any] | None = None
+    # a record that cannot be used (malformed, missing or unreadable image): stop at the first
+    # ("raise") or drop each and count it by reason in the data summary ("skip")
+    on_error: str = "raise"
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
 
     @classmethod
     def from_yaml_file(cls, path: Path) -> RunConfig:
@@ -101,6 +110,7 @@ class RunConfig:
             synthetic=data.get("synthetic"),
             task_weights=_task_weights(data.get("task_weights")),
             grounding=_grounding(data.get("grounding"), base),
+            on_error=data.get("on_error", "raise"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,6 +123,7 @@ class RunConfig:
             "eval_limit": self.eval_limit,
             "curve_limit": self.curve_limit,
             "synthetic": self.synthetic,
+            "on_error": self.on_error,
         } | {  # absent rather than None, so that `--set grounding.steps=...` can create it
             key: dict(value)
             for key, value in (("task_weights", self.task_weights), ("grounding", self.grounding))
@@ -287,12 +298,17 @@ def _source(item: Any, base: Path) -> DataSource:
     if isinstance(item, str):
         source = DataSource.parse(item)
     elif isinstance(item, dict):
-        unknown = set(item) - {"path", "weight", "images"}
-        if unknown or "path" not in item:
-            raise ValueError(f"A data entry has path, weight and images; got {item!r}")
+        unknown = set(item) - {"path", "weight", "images", "images_outside_root"}
+        if unknown or not isinstance(item.get("path"), str):
+            raise ValueError(
+                f"A data entry has path, weight, images and images_outside_root; got {item!r}"
+            )
         images = item.get("images")
         source = DataSource(
-            Path(item["path"]), float(item.get("weight", 1.0)), Path(images) if images else None
+            Path(item["path"]),
+            item.get("weight", 1.0),
+            Path(images) if images else None,
+            item.get("images_outside_root", False),
         )
     else:
         raise ValueError(f"A data entry is a path or a mapping, got {item!r}")
@@ -300,7 +316,7 @@ def _source(item: Any, base: Path) -> DataSource:
     images = source.images
     if images is not None and not images.is_absolute():
         images = base / images
-    return DataSource(path, source.weight, images)
+    return dataclasses.replace(source, path=path, images=images)
 
 
 def _source_dict(source: DataSource) -> dict[str, Any]:
@@ -308,7 +324,7 @@ def _source_dict(source: DataSource) -> dict[str, Any]:
         "path": str(source.path),
         "weight": source.weight,
         "images": str(source.images) if source.images else None,
-    }
+    } | ({"images_outside_root": True} if source.images_outside_root else {})
 
 
 def _scalar(raw: str) -> Any:

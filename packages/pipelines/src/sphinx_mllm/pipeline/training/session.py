@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import yaml
 
+from sphinx_mllm.core.outputs import check_replaceable, read_marker, write_marker
+from sphinx_mllm.pipeline.checkpoint import WRITER as CHECKPOINT_WRITER
 from sphinx_mllm.pipeline.training.data import DataSource, TrainingData
 from sphinx_mllm.pipeline.training.distributed import Distributed
 from sphinx_mllm.pipeline.training.plots import box_gallery, curve_table, plot_training_curve
@@ -43,8 +45,12 @@ from sphinx_mllm.pipeline.training.trainer import (
 GALLERY_SIZE = 12
 
 
-class TrainingError(RuntimeError):
-    """A run that cannot start or went wrong, with what to do about it."""
+RUN_WRITER = "sphinx-pipeline train"  # the marker of a run directory (sphinx_mllm.core.outputs)
+
+
+class TrainingError(ValueError):
+    """A run that cannot start as asked, or that stopped on a non-finite loss, with what to do
+    about it."""
 
 
 def pair_sources(specs: list[str], roots: list[Path]) -> list[DataSource]:
@@ -60,16 +66,24 @@ def pair_sources(specs: list[str], roots: list[Path]) -> list[DataSource]:
     ]
 
 
-def load_model(checkpoint: str, device: str | None = None) -> Any:
-    """A checkpoint directory, or a preset built with random weights."""
+def load_model(checkpoint: str, device: str | None = None, announce=None) -> Any:
+    """A checkpoint directory, or a preset built with random weights (`announce(line)` is told
+    so)."""
     from sphinx_mllm.pipeline.building import build_model
     from sphinx_mllm.pipeline.model import SphinxModel
+    from sphinx_mllm.pipeline.registry import list_model_presets
 
     path = Path(checkpoint).expanduser()
     if path.is_dir():
         return SphinxModel.from_pretrained(path, device=device)
-    if path.suffix or "/" in checkpoint:
-        raise FileNotFoundError(f"No checkpoint directory at {path}")
+    presets = list_model_presets()
+    if checkpoint not in presets:
+        what = "is a file, not a checkpoint directory" if path.exists() else "does not exist"
+        raise FileNotFoundError(
+            f"{path} {what}, and {checkpoint!r} is no model preset ({', '.join(presets)})"
+        )
+    if announce is not None:
+        announce(f"{checkpoint!r} is a model preset: building it with random weights")
     return build_model(checkpoint, device=device)
 
 
@@ -128,18 +142,12 @@ def run_training(
     from sphinx_mllm.pipeline.building import build_model, resolve_config
 
     run = resolve_run(config_file, preset, data, images, eval_data, max_steps, settings)
-    if resume and restart:
-        raise TrainingError("--resume continues a run and --restart starts it over: pick one")
+    check_run_directory(out, resume=resume, restart=restart)
     dist = Distributed.from_environment(device)
     say = _printer(dist.is_main)
     if restart and dist.is_main:
         _clear_run(out)
     dist.barrier()
-    if list_checkpoints(out) and not resume:
-        raise TrainingError(
-            f"{out} already holds checkpoints of a run: pass --resume to continue it, or choose "
-            "another --out"
-        )
     if run.synthetic is not None:
         if dist.is_main:
             generate_synthetic(out, run.synthetic)
@@ -150,8 +158,17 @@ def run_training(
     torch.manual_seed(run.train.seed)
     config = resolve_config(run.model)
     model = build_model(config, device=dist.device)
+    # every record and image is read before anything is written into the run directory
+    training_data = TrainingData.build(
+        model, run.data, max_length=run.train.max_length, on_error=run.on_error
+    )
+    if run.eval:
+        from sphinx_mllm.pipeline.evaluation import records_to_score
+
+        records_to_score(run.eval, limit=None)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        write_marker(out, RUN_WRITER)
         run_record = run.to_dict() | {"model": config.to_dict()}
         (out / "run.yaml").write_text(yaml.safe_dump(run_record, sort_keys=False))
     started = time.perf_counter()
@@ -167,7 +184,6 @@ def run_training(
             progress=progress and dist.is_main,
         )
         say(grounded.summary())
-    training_data = TrainingData.build(model, run.data, max_length=run.train.max_length)
     say(training_data.report.summary())
     say(
         f"model: {config.name}, {sum(p.numel() for p in model.parameters()):,} parameters, "
@@ -218,6 +234,7 @@ def run_training(
     return summary
 
 
+FIGURES = ("training_curve.png", "eval_boxes.png")
 RUN_OUTPUTS = (
     "checkpoints",
     "model",
@@ -226,11 +243,57 @@ RUN_OUTPUTS = (
     "grounding.jsonl",
     "eval.json",
     "run.yaml",
+    *FIGURES,
 )
 
 
+def check_run_directory(out: Path, *, resume: bool, restart: bool) -> None:
+    """Refuse what would lose an earlier run or someone else's files: a second run into a
+    directory that holds one (without --resume or --restart), --resume without a checkpoint,
+    --restart of a directory that no training run wrote."""
+    if resume and restart:
+        raise TrainingError("--resume continues a run and --restart starts it over: pick one")
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"--out {out} is a file; a run directory is a directory")
+    if resume:
+        if not list_checkpoints(out):
+            raise TrainingError(
+                f"--resume: {out} holds no checkpoint to resume from (checkpoints/step-*); drop "
+                "--resume to start a new run there"
+            )
+        if (out / "model").exists():  # the run's final export will replace it
+            check_replaceable((out / "model").resolve(), CHECKPOINT_WRITER)
+        return
+    earlier = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    if not earlier:
+        return
+    if not restart:
+        raise TrainingError(
+            f"--out {out} holds an earlier run ({', '.join(earlier)}): pass --resume to continue "
+            "it, --restart to start it over, or choose another --out"
+        )
+    if not _is_training_run(out):
+        raise TrainingError(
+            f"--restart: {out} holds {', '.join(earlier)} but no sphinx-pipeline training run "
+            "wrote it; refusing to remove them (choose another --out)"
+        )
+
+
+def _is_training_run(out: Path) -> bool:
+    """Whether a training run wrote `out`: its marker, or (runs of earlier versions) a
+    `run.yaml` with a run's sections."""
+    if (read_marker(out) or {}).get("writer") == RUN_WRITER:
+        return True
+    try:
+        record = yaml.safe_load((out / "run.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(record, dict) and {"model", "data", "train"} <= set(record)
+
+
 def _clear_run(out: Path) -> None:
-    """Remove what a run wrote (the synthetic data it generated stays: it is only a cache)."""
+    """Remove what a run wrote (the synthetic data it generated stays: it is only a cache);
+    `check_run_directory` has made sure that a training run wrote it."""
     import shutil
 
     for name in RUN_OUTPUTS:
@@ -239,8 +302,6 @@ def _clear_run(out: Path) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    for figure in out.glob("*.png") if out.is_dir() else ():
-        figure.unlink()
 
 
 def _export(model: Any, out: Path) -> Path:

@@ -27,7 +27,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from sphinx_mllm.core.outputs import read_marker
 from sphinx_mllm.core.weight_files import CheckpointError
+from sphinx_mllm.pipeline.checkpoint import WRITER as CHECKPOINT_WRITER
 from sphinx_mllm.pipeline.checkpoint import load_weights, save_pretrained
 
 TRAINER_DIR = "trainer"
@@ -79,7 +81,8 @@ def save_training_checkpoint(
 
     save_pretrained(model, target, overwrite=True, before_commit=add_trainer_state)
     for old in list_checkpoints(run)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        if (read_marker(old) or {}).get("writer") == CHECKPOINT_WRITER:  # only what we wrote
+            shutil.rmtree(old, ignore_errors=True)
     return target
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sphinx_mllm.core.outputs import atomic_file
 from sphinx_mllm.pipeline.stages import STAGES, Stage, apply_stage, get_stage
 from sphinx_mllm.pipeline.training.data import TrainingData
 from sphinx_mllm.pipeline.training.distributed import Distributed, no_sync
@@ -238,8 +239,11 @@ class Trainer:
         state = TrainerState()
         if self.resume:
             restored = load_latest_checkpoint(self.run_dir, self.model, optimizer, scheduler)
-            if restored is not None:
-                state = restored
+            if restored is None:
+                raise FileNotFoundError(
+                    f"resume: {self.run_dir} holds no loadable checkpoint (checkpoints/step-*)"
+                )
+            state = restored
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for name in (METRICS_FILE, EVAL_CURVE_FILE):
             self._truncate_log(name, state.step)
@@ -379,16 +383,28 @@ class Trainer:
         return str(found[-1]) if found else "none (no checkpoint was written yet)"
 
     def _truncate_log(self, name: str, step: int) -> None:
-        """On resume, forget logged steps after the restored one (they will be logged again)."""
+        """On resume, forget logged steps after the restored one (they will be logged again).
+        A torn last line (a crash mid-write) is dropped; a corrupt line before it is an error
+        naming the file and line."""
         path = self.run_dir / name
         if not self.dist.is_main or not path.is_file():
             return
-        kept = [
-            line
-            for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
-        path.write_text("".join(line + "\n" for line in kept))
+        lines = path.read_text().splitlines()
+        kept = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                logged = int(record.get("step", 0))
+            except (ValueError, TypeError, AttributeError) as error:
+                if number == len(lines):
+                    break  # torn while it was being written
+                raise ValueError(f"{path}, line {number}: not a step record ({error})") from error
+            if logged <= step:
+                kept.append(line)
+        with atomic_file(path) as out:
+            out.write("".join(line + "\n" for line in kept))
 
     def _record(self, log: StepLog, bar) -> None:
         if self.dist.is_main:
