@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from sphinx_mllm.llm.merging.cli import main as merge_cli
 
 LAYER_SHAPES = {
     "input_layernorm.weight": (16,),
@@ -60,3 +64,11 @@ def read_output(directory: Path) -> dict[str, torch.Tensor]:
     for shard in sorted(directory.glob("*.safetensors")):
         tensors.update(load_file(str(shard)))
     return tensors
+
+
+def run_cli(*args: object) -> tuple[int, list[str]]:
+    """`sphinx-merge ARGS` in this process: its exit status and the lines it wrote to stderr."""
+    errors, output = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(output):
+        code = merge_cli([str(arg) for arg in args])
+    return code, errors.getvalue().splitlines()

@@ -56,11 +56,13 @@ def test_output_is_sharded_with_an_index_config_tokenizer_and_provenance(tmp_pat
 
 def test_an_existing_output_is_refused_unless_forced(tmp_path, two_models):
     real, syn = two_models
-    (tmp_path / "out").mkdir()
+    run_merge(MergeRecipe(0.5 * real + 0.5 * syn), tmp_path / "out")
     with pytest.raises(FileExistsError, match="pass --force"):
         run_merge(MergeRecipe(0.5 * real + 0.5 * syn), tmp_path / "out")
-    run_merge(MergeRecipe(0.5 * real + 0.5 * syn), tmp_path / "out", force=True)
-    assert (tmp_path / "out" / "model.safetensors.index.json").is_file()
+    run_merge(MergeRecipe(0.25 * real + 0.75 * syn), tmp_path / "out", force=True)
+    name = "model.norm.weight"
+    expected = llama_tensors(1)[name].float() * 0.25 + llama_tensors(2)[name].float() * 0.75
+    assert torch.equal(read_output(tmp_path / "out")[name], expected.to(torch.bfloat16))
 
 
 def test_include_exclude_and_copy_from(tmp_path, two_models):
@@ -96,7 +98,7 @@ def test_every_problem_is_listed_before_anything_is_written(tmp_path):
     assert (
         "tensor 'model.extra.weight': in 'other' but not in the reference model 'base'" in message
     )
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
 
 
 def test_truncated_and_corrupt_files_and_missing_shards_are_clear_errors(tmp_path, two_models):

@@ -8,6 +8,7 @@ A checkpoint is a single file, or a directory with a sharded safetensors index
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,18 +55,61 @@ def find_weight_files(
     )
 
 
-def index_shards(index: Path) -> list[Path]:
-    """The shard files a safetensors index names, in order; a missing one is an error."""
+def read_index(index: str | Path) -> dict[str, Path]:
+    """The weight map of a safetensors index: tensor name -> the shard file holding it. Every
+    shard must be a file name inside the index's directory (never `../`, an absolute path or a
+    subdirectory) and must exist."""
+    index = Path(index)
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
     except (ValueError, KeyError, TypeError) as error:
         message = f"{index} is not a safetensors index with a weight_map: {error}"
         raise CheckpointError(message) from error
-    shards = sorted(set(weight_map.values()))
-    missing = [shard for shard in shards if not (index.parent / shard).is_file()]
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(
+            f"{index}: weight_map must map tensor names to shard files, got {weight_map!r}"
+        )
+    shards: dict[str, Path] = {}
+    for name, shard in weight_map.items():
+        if not _plain_file_name(shard):
+            raise CheckpointError(
+                f"{index}: entry {name!r} names the shard {shard!r}; a shard is a file name in "
+                f"{index.parent}, with no directory part"
+            )
+        shards[name] = index.parent / shard
+    missing = sorted({path.name for path in shards.values() if not path.is_file()})
     if missing:
         raise CheckpointError(f"{index} names shards that do not exist: {missing}")
-    return [index.parent / shard for shard in shards]
+    return shards
+
+
+def _plain_file_name(value: object) -> bool:
+    return isinstance(value, str) and value not in ("", ".", "..") and Path(value).name == value
+
+
+def index_shards(index: str | Path) -> list[Path]:
+    """The shard files a safetensors index names, in order, checked against their headers:
+    every entry must name a shard (inside the index's directory) that holds that tensor, and
+    every tensor of a shard must be listed, for that shard."""
+    weight_map = read_index(index)
+    shards = sorted(set(weight_map.values()))
+    unseen = set(weight_map)
+    for shard in shards:
+        for name in read_safetensors_header(shard).tensors:
+            if weight_map.get(name) != shard:
+                listed = weight_map[name].name if name in weight_map else "no shard"
+                raise CheckpointError(
+                    f"{index}: tensor {name!r} is stored in {shard.name} but the index lists "
+                    f"{listed} for it"
+                )
+            unseen.discard(name)
+    if unseen:
+        name = sorted(unseen)[0]
+        raise CheckpointError(
+            f"{index}: entry {name!r} names {weight_map[name].name}, which holds no such tensor "
+            f"({len(unseen)} such entries)"
+        )
+    return shards
 
 
 @dataclass(frozen=True)
@@ -110,16 +154,26 @@ def read_safetensors_header(path: str | Path) -> SafetensorsHeader:
         header = json.loads(header_bytes)
     except ValueError as error:
         raise CheckpointError(f"{path} has a corrupt safetensors header: {error}") from error
+    if not isinstance(header, dict):
+        raise CheckpointError(
+            f"{path} has a corrupt safetensors header: a JSON object is expected, got "
+            f"{type(header).__name__}"
+        )
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(value, str) for value in metadata.values()
+    ):
+        raise CheckpointError(f"{path}: __metadata__ must map strings to strings, got {metadata!r}")
+    entries = {name: _tensor_entry(path, name, info) for name, info in header.items()}
     tensors, end = {}, 0
-    for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
-        entry = TensorEntry(info["dtype"], tuple(info["shape"]), tuple(info["data_offsets"]))
-        count = 1
-        for dim in entry.shape:
-            count *= dim
-        if entry.offsets[0] != end or entry.nbytes != count * DTYPE_BYTES.get(entry.dtype, 0):
+    for name, entry in sorted(entries.items(), key=lambda item: item[1].offsets):
+        if (
+            entry.offsets[0] != end
+            or entry.nbytes != math.prod(entry.shape) * DTYPE_BYTES[entry.dtype]
+        ):
             raise CheckpointError(
-                f"{path} is corrupt: tensor {name!r} has inconsistent offsets {entry.offsets}"
+                f"{path} is corrupt: tensor {name!r} has inconsistent offsets {entry.offsets} "
+                f"(expected to start at {end} and hold {entry.dtype} {list(entry.shape)})"
             )
         tensors[name] = entry
         end = entry.offsets[1]
@@ -129,3 +183,34 @@ def read_safetensors_header(path: str | Path) -> SafetensorsHeader:
             f"bytes, the file has {size}"
         )
     return SafetensorsHeader(path, header_bytes, tensors, metadata)
+
+
+def _tensor_entry(path: Path, name: str, info: object) -> TensorEntry:
+    """One header entry, checked: a known dtype, a shape of non-negative integers, and two
+    ordered non-negative integer offsets."""
+    where = f"{path} has a corrupt safetensors header: tensor {name!r}"
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{where} is described by {info!r}, not an object")
+    missing = [key for key in ("dtype", "shape", "data_offsets") if key not in info]
+    if missing:
+        raise CheckpointError(f"{where} lacks {missing}")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
+        raise CheckpointError(f"{where} has dtype {dtype!r}; expected one of {list(DTYPE_BYTES)}")
+    if not isinstance(shape, list) or not all(_natural(dim) for dim in shape):
+        raise CheckpointError(f"{where} has shape {shape!r}; expected a list of integers >= 0")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_natural(offset) for offset in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise CheckpointError(
+            f"{where} has data_offsets {offsets!r}; expected [begin, end], integers with "
+            "0 <= begin <= end"
+        )
+    return TensorEntry(dtype, tuple(shape), (offsets[0], offsets[1]))
+
+
+def _natural(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

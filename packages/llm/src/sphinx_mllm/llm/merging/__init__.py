@@ -3,6 +3,7 @@
 from sphinx_mllm.llm.merging.checkpoint import ModelCheckpoint
 from sphinx_mllm.llm.merging.config import ConfigError, load_config
 from sphinx_mllm.llm.merging.expression import Expression, Model
+from sphinx_mllm.llm.merging.finite import NonFiniteError
 from sphinx_mllm.llm.merging.lora import lora
 from sphinx_mllm.llm.merging.parameters import Filtered, Gradient
 from sphinx_mllm.llm.merging.plan import MergePlanError
@@ -19,6 +20,7 @@ __all__ = [
     "MergeReport",
     "Model",
     "ModelCheckpoint",
+    "NonFiniteError",
     "layer_stack",
     "load_config",
     "lora",

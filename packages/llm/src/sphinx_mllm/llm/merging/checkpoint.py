@@ -127,6 +127,10 @@ class ModelCheckpoint:
     def dtype(self, tensor_name: str) -> torch.dtype:
         return self._entries[tensor_name][1]
 
+    def file_of(self, tensor_name: str) -> Path:
+        """The weight file holding the tensor."""
+        return self._entry(tensor_name)[0]
+
     def get(self, tensor_name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """The tensor, read now from its file; `rows` = (start, stop) reads only those rows of
         the first dimension (the elements, for a 1-D tensor)."""

@@ -21,7 +21,6 @@ is an error here.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from sphinx_mllm.llm.merging.parameters import NO_DEFAULT, Filtered, Gradient
 from sphinx_mllm.llm.merging.parse import HELPERS, ExpressionSyntaxError, parse_expression
 from sphinx_mllm.llm.merging.runner import MergeRecipe
 from sphinx_mllm.llm.merging.stacking import LayerSlice, LayerStack, layer_stack
+from sphinx_mllm.llm.merging.writer import read_model_config
 from sphinx_mllm.llm.registry import get_merge_method
 
 DTYPES = {
@@ -86,12 +86,13 @@ def load_config(path: str | Path) -> MergeRecipe:
         raise ConfigError(f"{path}: a merge config is a mapping, got {type(config).__name__}")
     try:
         if "merge_method" in config:
-            return from_mergekit(config, path.parent)
-        return from_ours(config, path.parent)
+            recipe = from_mergekit(config, path.parent)
+        else:
+            recipe = from_ours(config, path.parent)
     except (ValueError, TypeError, LookupError) as error:
-        if isinstance(error, ConfigError):
-            raise
         raise ConfigError(f"{path}: {error}") from error
+    recipe.config_file = path
+    return recipe
 
 
 def _dtype(value: Any, key: str) -> torch.dtype | None:
@@ -106,8 +107,8 @@ def _dtype(value: Any, key: str) -> torch.dtype | None:
 def _locate(path_text: str, root: Path) -> Path:
     """A checkpoint path: absolute, or relative to the working directory (as mergekit resolves
     it) or else to the config file's directory."""
-    if not isinstance(path_text, str | Path):
-        raise ConfigError(f"A model path must be a string, got {path_text!r}")
+    if not isinstance(path_text, str | Path) or not str(path_text):
+        raise ConfigError(f"A model path must be a non-empty string, got {path_text!r}")
     path = Path(path_text).expanduser()
     for candidate in (path, root / path):
         if candidate.exists():
@@ -149,21 +150,39 @@ def from_ours(config: dict[str, Any], root: Path) -> MergeRecipe:
         label = config.get(key)
         if label is None:
             return None
-        if label not in models:
+        if not isinstance(label, str) or label not in models:
             raise ConfigError(f"{key}: {label!r} is not one of the models {sorted(models)}")
         return models[label]
 
+    compute_dtype = _dtype(config.get("compute_dtype", "float32"), "compute_dtype")
+    if compute_dtype not in (torch.float32, torch.float64):
+        raise ConfigError(
+            f"compute_dtype: {config.get('compute_dtype')!r} is not float32 or float64"
+        )
+    seed = config.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"seed: {seed!r} is not an integer")
     return MergeRecipe(
         expression=expression,
         reference=model("reference"),
-        include=list(config.get("include", ["*"])),
-        exclude=list(config.get("exclude", [])),
+        include=_patterns(config, "include", ["*"]),
+        exclude=_patterns(config, "exclude", []),
         copy_from=model("copy_from") if "copy_from" in config else "reference",
-        compute_dtype=_dtype(config.get("compute_dtype", "float32"), "compute_dtype"),
+        compute_dtype=compute_dtype,
         out_dtype=_dtype(config.get("out_dtype"), "out_dtype"),
-        seed=int(config.get("seed", 0)),
+        seed=seed,
         description={"format": "sphinx-merge", **config},
     )
+
+
+def _patterns(config: dict[str, Any], key: str, default: list[str]) -> list[str]:
+    """Shell wildcards: a list of strings, or one string (one pattern, not one per letter)."""
+    value = config.get(key, default)
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{key}: expected a shell wildcard or a list of them, got {value!r}")
+    return value
 
 
 # -- mergekit's format -----------------------------------------------------------------------------
@@ -178,8 +197,10 @@ def from_mergekit(config: dict[str, Any], root: Path) -> MergeRecipe:
         raise ConfigError(
             f"Unknown mergekit keys {sorted(unknown)}; supported: {sorted(MERGEKIT_KEYS)}"
         )
+    if not isinstance(config["merge_method"], str):
+        raise ConfigError(f"merge_method: expected a method name, got {config['merge_method']!r}")
     method: MergeMethod = get_merge_method(config["merge_method"])
-    shared = dict(config.get("parameters") or {})
+    shared = _parameters(config.get("parameters"), "the top-level 'parameters'")
     labels: dict[str, Model] = {}
 
     def as_model(text: Any) -> Model:
@@ -197,7 +218,10 @@ def from_mergekit(config: dict[str, Any], root: Path) -> MergeRecipe:
         expression = _mergekit_slices(config["slices"], method, shared, base, as_model)
     else:
         entries = [
-            (as_model(entry["model"]), entry.get("parameters") or {})
+            (
+                as_model(entry["model"]),
+                _parameters(entry.get("parameters"), f"the parameters of {entry['model']!r}"),
+            )
             for entry in _entries(config, "models")
         ]
         expression = _mergekit_call(method, base, entries, shared)
@@ -212,6 +236,14 @@ def from_mergekit(config: dict[str, Any], root: Path) -> MergeRecipe:
         shared_random_stream=method.random,  # mergekit's DARE masks, from `--seed`
         description={"format": "mergekit", **config},
     )
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+        raise ConfigError(f"{where} must map parameter names to values, got {value!r}")
+    return value
 
 
 def _entries(config: dict[str, Any], key: str) -> list[dict[str, Any]]:
@@ -243,7 +275,7 @@ def _mergekit_call(
     for name, value in shared.items():
         parameter = method.parameter(name)
         if not parameter.per_model:
-            global_values[name] = _convert(value, parameter.default)
+            global_values[name] = _convert(value, parameter.default, name)
     model_values = []
     for model, params in inputs:
         values = {}
@@ -256,40 +288,54 @@ def _mergekit_call(
         for parameter in method.parameters:
             if parameter.per_model:
                 chain = [params.get(parameter.name), shared.get(parameter.name)]
-                converted = _chain(chain, parameter.default)
+                converted = _chain(chain, parameter.default, parameter.name)
                 if converted is not REQUIRED:
                     values[parameter.name] = converted
         model_values.append(values)
     return method.call(base, [model for model, _ in inputs], global_values, model_values)
 
 
-def _chain(values: list[Any], default: Any) -> Any:
+def _chain(values: list[Any], default: Any, name: str) -> Any:
     """A parameter resolved by the first scope that has a value for the tensor."""
     present = [value for value in values if value is not None]
     if not present:
         return default
-    first, rest = present[0], _chain(present[1:], default)
-    return _convert(first, rest)
+    first, rest = present[0], _chain(present[1:], default, name)
+    return _convert(first, rest, name)
 
 
-def _convert(value: Any, fallback: Any) -> Any:
+def _convert(value: Any, fallback: Any, name: str) -> Any:
     """mergekit value syntax -> ours: lists of numbers are gradients; `{filter, value}` entries
-    (or lists of them) are filters, falling through to `fallback` when none matches."""
+    (or lists of them) are filters, falling through to `fallback` when none matches. `name`
+    (the parameter's) is for the errors."""
     if isinstance(value, dict):
         value = [value]
     if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
         rules, default = [], fallback
         for item in value:
             pattern = item.get("filter")
-            converted = _convert(item["value"], None)
+            if "value" not in item or set(item) - {"filter", "value"}:
+                raise ConfigError(
+                    f"parameter {name!r}: a filter entry is {{filter: PATTERN, value: VALUE}} "
+                    f"(filter optional), got {item!r}"
+                )
+            if pattern is not None and not isinstance(pattern, str):
+                raise ConfigError(
+                    f"parameter {name!r}: a filter is a substring of tensor names, got {pattern!r}"
+                )
+            converted = _convert(item["value"], None, name)
             if pattern is None or pattern == "*":
                 default = converted
                 break
             rules.append((pattern, converted))
         return Filtered(rules, default=NO_DEFAULT if default is REQUIRED else default)
     if isinstance(value, list):
-        if not all(isinstance(item, int | float) and not isinstance(item, bool) for item in value):
-            raise ConfigError(f"A gradient is a list of numbers, got {value!r}")
+        if not value or not all(
+            isinstance(item, int | float) and not isinstance(item, bool) for item in value
+        ):
+            raise ConfigError(
+                f"parameter {name!r}: a gradient is a non-empty list of numbers, got {value!r}"
+            )
         return Gradient(value)
     return value
 
@@ -304,12 +350,7 @@ def _mergekit_slices(
         sources = item.get("sources") if isinstance(item, dict) else None
         if not isinstance(sources, list) or not sources:
             raise ConfigError(f"every slice needs 'sources', got {item!r}")
-        parsed.append(
-            [
-                (as_model(s["model"]), tuple(s.get("layer_range", ())), s.get("parameters") or {})
-                for s in sources
-            ]
-        )
+        parsed.append([_slice_source(source, as_model) for source in sources])
     if method.name == "passthrough":
         stack = []
         for sources in parsed:
@@ -318,7 +359,15 @@ def _mergekit_slices(
                     "passthrough slices take exactly one source with a layer_range each"
                 )
             model, (start, end), params = sources[0]
-            scale = _chain([params.get("scale"), shared.get("scale")], None)
+            layers = _num_layers(model)
+            if layers is not None and end > layers:
+                raise ConfigError(
+                    f"slice layer_range [{start}, {end}] of {model.name!r} goes beyond its "
+                    f"{layers} layers (num_hidden_layers in its config.json)"
+                )
+            for name in params:
+                method.parameter(name)  # an unknown name is an error
+            scale = _chain([params.get("scale"), shared.get("scale")], None, "scale")
             stack.append(LayerSlice(model, start, end, scale))
         return LayerStack(stack)
     if len(parsed) != 1:
@@ -335,8 +384,25 @@ def _mergekit_slices(
     return _mergekit_call(method, base, [(model, params) for model, _, params in parsed[0]], shared)
 
 
+def _slice_source(source: Any, as_model: Any) -> tuple[Model, tuple[int, ...], dict[str, Any]]:
+    """(model, layer_range or (), parameters) of one source of a slice."""
+    if not isinstance(source, dict) or "model" not in source:
+        raise ConfigError(f"every source of a slice needs a 'model', got {source!r}")
+    layer_range = source.get("layer_range", [])
+    if layer_range and (
+        not isinstance(layer_range, list)
+        or len(layer_range) != 2
+        or not all(isinstance(b, int) and not isinstance(b, bool) for b in layer_range)
+        or not 0 <= layer_range[0] < layer_range[1]
+    ):
+        raise ConfigError(
+            f"layer_range of {source['model']!r} is {layer_range!r}; expected [start, end], "
+            "integers with 0 <= start < end"
+        )
+    parameters = _parameters(source.get("parameters"), f"the parameters of {source['model']!r}")
+    return as_model(source["model"]), tuple(layer_range), parameters
+
+
 def _num_layers(model: Model) -> int | None:
-    config = (model.path if model.path.is_dir() else model.path.parent) / "config.json"
-    if not config.is_file():
-        return None
-    return json.loads(config.read_text()).get("num_hidden_layers")
+    settings = read_model_config(model.path if model.path.is_dir() else model.path.parent)
+    return None if settings is None else settings.get("num_hidden_layers")

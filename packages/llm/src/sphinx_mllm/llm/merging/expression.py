@@ -13,6 +13,7 @@ result is rounded once, by the caller, to the output dtype.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -85,6 +86,17 @@ class Expression(ABC):
         """Problems with inputs that are not model leaves (checked against the reference)."""
         return []
 
+    def parameter_problems(self, tensor_name: str, num_layers: int | None) -> list[str]:
+        """Problems with the parameters of the method calls in this expression once resolved
+        for one tensor (e.g. weights that sum to 0 under `normalize`)."""
+        return []
+
+    def input_paths(self) -> Iterator[Path]:
+        """Every checkpoint or adapter this expression reads (an output must never replace
+        a directory that holds one)."""
+        for model in self.models():
+            yield model.path
+
     # -- operators: linear combinations with scalars ---------------------------------------------
 
     def __add__(self, other: Expression) -> Expression:
@@ -104,6 +116,8 @@ class Expression(ABC):
             raise TypeError(
                 f"A checkpoint can be multiplied by a number, not {type(factor).__name__}"
             )
+        if not math.isfinite(factor):
+            raise ValueError(f"A checkpoint can be multiplied by a finite number, not {factor}")
         return LinearCombination.of([(float(factor), self)])
 
     __rmul__ = __mul__
@@ -194,6 +208,18 @@ class LinearCombination(Expression):
     def problems(self, reference: Any) -> list[str]:
         return [problem for _, term in self.terms for problem in term.problems(reference)]
 
+    def parameter_problems(self, tensor_name: str, num_layers: int | None) -> list[str]:
+        return [
+            problem
+            for coefficient, term in self.terms
+            if coefficient != 0.0 and term.contributes(tensor_name)
+            for problem in term.parameter_problems(tensor_name, num_layers)
+        ]
+
+    def input_paths(self) -> Iterator[Path]:
+        for _, term in self.terms:
+            yield from term.input_paths()
+
     def evaluate(self, context: TensorContext) -> torch.Tensor:
         total = None
         for coefficient, term in self.terms:
@@ -260,6 +286,18 @@ class MethodCall(Expression):
 
     def problems(self, reference: Any) -> list[str]:
         return [problem for item in self._all_inputs() for problem in item.problems(reference)]
+
+    def parameter_problems(self, tensor_name: str, num_layers: int | None) -> list[str]:
+        inner = [
+            problem
+            for item in self._all_inputs()
+            for problem in item.parameter_problems(tensor_name, num_layers)
+        ]
+        return inner + self.method.tensor_problems(self, tensor_name, num_layers)
+
+    def input_paths(self) -> Iterator[Path]:
+        for item in self._all_inputs():
+            yield from item.input_paths()
 
     def evaluate(self, context: TensorContext) -> torch.Tensor:
         if id(self) in context.prepared:

@@ -24,6 +24,7 @@ import torch
 from sphinx_mllm.core.weight_files import CheckpointError
 from sphinx_mllm.llm.merging.checkpoint import ModelCheckpoint
 from sphinx_mllm.llm.merging.expression import Expression, Model, TensorContext
+from sphinx_mllm.llm.merging.finite import NonFiniteError, all_finite
 
 PEFT_PREFIX = "base_model.model."
 FACTOR = re.compile(
@@ -99,6 +100,9 @@ class LoraDelta(Expression):
     def models(self) -> Iterator[Model]:
         return iter(())
 
+    def input_paths(self) -> Iterator[Path]:
+        yield self.path
+
     def contributes(self, tensor_name: str) -> bool:
         return tensor_name in self.factors
 
@@ -129,6 +133,12 @@ class LoraDelta(Expression):
         a_key, b_key, embedding = self.factors[context.name]
         a = self.checkpoint.get(a_key).to(context.compute_dtype)
         b = self.checkpoint.get(b_key).to(context.compute_dtype)
+        for key, factor in ((a_key, a), (b_key, b)):  # low rank: checking them costs little
+            if not all_finite(factor):
+                raise NonFiniteError(
+                    f"{self.checkpoint.file_of(key)}: LoRA factor {key!r} holds NaN or infinite "
+                    f"values (in {context.compute_dtype})"
+                )
         delta = b @ a
         if embedding ^ bool(self.config.get("fan_in_fan_out")):
             delta = delta.T

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sphinx_mllm.llm.merging.expression import Expression
-from sphinx_mllm.llm.merging.parameters import Filtered, Gradient
+from sphinx_mllm.llm.merging.parameters import NO_DEFAULT, Filtered, Gradient
 
 
 class ExpressionSyntaxError(ValueError):
@@ -29,8 +29,11 @@ def gradient(*anchors: Any) -> Gradient:
     return Gradient(values)
 
 
-def filtered(rules: Mapping[str, Any], default: Any = None) -> Filtered:
-    """`filtered({"self_attn": 0.3, "mlp": 0.7}, default=0.5)`."""
+def filtered(rules: Mapping[str, Any], default: Any = NO_DEFAULT) -> Filtered:
+    """`filtered({"self_attn": 0.3, "mlp": 0.7}, default=0.5)`; without a default, a tensor
+    that no filter matches is an error."""
+    if not isinstance(rules, Mapping) or not all(isinstance(key, str) for key in rules):
+        raise TypeError(f"filtered() takes a dict of substring -> value, got {rules!r}")
     return Filtered(list(rules.items()), default)
 
 
@@ -97,6 +100,8 @@ class _Evaluator(ast.NodeVisitor):
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> Any:
         operand = self.visit(node.operand)
+        if not isinstance(operand, int | float | Expression) or isinstance(operand, bool):
+            raise self._fail(node, f"only numbers and models can be negated, not {operand!r}")
         if isinstance(node.op, ast.USub):
             return -operand
         if isinstance(node.op, ast.UAdd):
@@ -108,9 +113,12 @@ class _Evaluator(ast.NodeVisitor):
         if operation is None:
             raise self._fail(node, "only + - * / are allowed")
         left, right = self.visit(node.left), self.visit(node.right)
+        for operand in (left, right):
+            if not isinstance(operand, int | float | Expression) or isinstance(operand, bool):
+                raise self._fail(node, f"only numbers and models combine, not {operand!r}")
         try:
             return operation(left, right)
-        except (TypeError, ZeroDivisionError) as error:
+        except (TypeError, ValueError, ZeroDivisionError) as error:
             raise self._fail(node, str(error)) from error
 
     def visit_Call(self, node: ast.Call) -> Any:

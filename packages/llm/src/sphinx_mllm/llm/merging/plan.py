@@ -132,6 +132,8 @@ def build_plan(
         problems.append(
             f"copy_from names {copy_from!r}, which is not one of the models {sorted(checkpoints)}"
         )
+    num_layers = _num_layers(ref.names())
+    parameter_problems: dict[str, list[str]] = {}  # problem -> the tensors it concerns
     plans = []
     for name in ref.names():
         selected = _matches(name, include) and not _matches(name, exclude)
@@ -139,6 +141,8 @@ def build_plan(
         dtype = out_dtype if out_dtype is not None and floating else ref.dtype(name)
         if selected and floating:
             problems.extend(_check_tensor(name, ref, [checkpoints[m] for m in merged_models]))
+            for problem in expression.parameter_problems(name, num_layers):
+                parameter_problems.setdefault(problem, []).append(name)
             plans.append(TensorPlan(name, "merge", ref.shape(name), dtype))
         elif selected:
             reason = "not floating point"
@@ -163,11 +167,38 @@ def build_plan(
             "to drop it)"
             for n in extra
         )
+    for problem, names in parameter_problems.items():
+        more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+        problems.append(f"{problem} (for tensor {names[0]!r}{more})")
+    if all(plan.fate == "skip" for plan in plans):
+        problems.append(
+            f"nothing to write: every tensor of {reference!r} is excluded (include "
+            f"{list(include)}, exclude {list(exclude)}) and copy_from is null"
+        )
     if problems:
         raise MergePlanError(problems)
-    indices = [index for index in (layer_index(name) for name in ref.names()) if index is not None]
     notes = _dtype_notes(merged_models, checkpoints, [p.name for p in plans if p.fate == "merge"])
-    return MergePlan(plans, checkpoints, reference, (max(indices) + 1) if indices else None, notes)
+    notes += _unmatched_patterns(include, exclude, checkpoints)
+    return MergePlan(plans, checkpoints, reference, num_layers, notes)
+
+
+def _num_layers(names: Sequence[str]) -> int | None:
+    indices = [index for index in map(layer_index, names) if index is not None]
+    return (max(indices) + 1) if indices else None
+
+
+def _unmatched_patterns(
+    include: Sequence[str], exclude: Sequence[str], checkpoints: dict[str, ModelCheckpoint]
+) -> list[str]:
+    """A note for each include/exclude pattern that matches no tensor of any input (a typo
+    would otherwise change nothing, silently)."""
+    names = {name for checkpoint in checkpoints.values() for name in checkpoint.names()}
+    return [
+        f"{key} pattern {pattern!r} matches no tensor"
+        for key, patterns in (("include", include), ("exclude", exclude))
+        for pattern in patterns
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names)
+    ]
 
 
 def _layout_plan(
@@ -186,8 +217,7 @@ def _layout_plan(
         )
         for name, shape, dtype in layout
     ]
-    indices = [index for index in (layer_index(name) for name, _, _ in layout) if index is not None]
-    return MergePlan(plans, checkpoints, reference, (max(indices) + 1) if indices else None)
+    return MergePlan(plans, checkpoints, reference, _num_layers([name for name, _, _ in layout]))
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:

@@ -1,5 +1,10 @@
-"""Running a merge: open the inputs, plan and check, then compute tensor by tensor and stream them
-into the output, with a progress bar; or, for a dry run, report the plan.
+"""Running a merge: lock the output, open the inputs, plan and check, then compute tensor by
+tensor and stream them into the output, with a progress bar; or, for a dry run, report the plan.
+
+The output is an `AtomicOutputDirectory` of the writer `sphinx-merge`, taken before anything is
+read and held to the end: another run into the same output fails at once, and `force` replaces
+only an earlier output of `sphinx-merge` that holds none of the inputs. Every output block is
+checked for NaN and infinite values (`finite`) before it is written.
 
 Tensors are computed by a pool of `threads` workers, a few ahead of the writer, and written in
 plan order; each tensor's randomness is seeded from its name, or drawn from one stream in a
@@ -21,13 +26,15 @@ from typing import Any
 
 import torch
 
+from sphinx_mllm.core.outputs import AtomicOutputDirectory
 from sphinx_mllm.llm.merging.checkpoint import ModelCheckpoint
 from sphinx_mllm.llm.merging.expression import Expression, Model, TensorContext
+from sphinx_mllm.llm.merging.finite import NonFiniteError, all_finite
 from sphinx_mllm.llm.merging.plan import MergePlan, TensorPlan, build_plan, unique_models
 from sphinx_mllm.llm.merging.random_stream import OrderedRandomStream
 from sphinx_mllm.llm.merging.writer import (
-    AtomicOutputDirectory,
     StreamingShardWriter,
+    check_model_files,
     copy_model_files,
     plan_shards,
     shard_names,
@@ -39,6 +46,7 @@ BLOCK_ELEMENTS = 1 << 20  # elementwise merges work through tensors in blocks of
 STREAM_ELEMENTS = 1 << 20  # blockwise merges stream tensors larger than this
 IN_FLIGHT_ELEMENTS = 1 << 27  # elements of whole tensors and their inputs at once (_write)
 COMPUTE_DTYPES = (torch.float32, torch.float64)
+WRITER = "sphinx-merge"  # the marker an earlier output must carry to be replaced by --force
 
 
 @dataclass
@@ -59,9 +67,31 @@ class MergeRecipe:
     # mergekit draws them (see random_stream); else each tensor seeded from its name
     shared_random_stream: bool = False
     description: dict[str, Any] = field(default_factory=dict)  # provenance, as configured
+    config_file: Path | None = None  # the config it was read from: an input, never replaced
+
+    def __post_init__(self) -> None:
+        self.include = _patterns(self.include, "include")
+        self.exclude = _patterns(self.exclude, "exclude")
 
     def reference_model(self) -> Model:
         return self.reference if self.reference is not None else unique_models(self.expression)[0]
+
+    def input_paths(self) -> list[Path]:
+        """Every file and directory the merge reads: models, adapters and the config file."""
+        paths = list(self.expression.input_paths())
+        paths += [
+            model.path for model in (self.reference, self.copy_from) if isinstance(model, Model)
+        ]
+        return paths + ([self.config_file] if self.config_file is not None else [])
+
+
+def _patterns(value: str | Sequence[str], key: str) -> tuple[str, ...]:
+    """Shell wildcards: one string is one pattern (not a sequence of one-letter patterns)."""
+    patterns = (value,) if isinstance(value, str) else tuple(value)
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise TypeError(f"{key}: patterns are strings, got {pattern!r}")
+    return patterns
 
 
 @dataclass
@@ -89,10 +119,24 @@ def open_models(recipe: MergeRecipe, allow_pickle: bool = False) -> dict[str, Mo
     for model in extra:
         if model.name not in {m.name for m in models}:
             models.append(model)
-    return {
-        model.name: ModelCheckpoint(model.path, name=model.name, allow_pickle=allow_pickle)
-        for model in models
-    }
+    checkpoints: dict[str, ModelCheckpoint] = {}
+    try:
+        for model in models:
+            checkpoints[model.name] = ModelCheckpoint(
+                model.path, name=model.name, allow_pickle=allow_pickle
+            )
+    except BaseException:
+        for checkpoint in checkpoints.values():
+            checkpoint.close()
+        raise
+    return checkpoints
+
+
+def check_reference_files(recipe: MergeRecipe) -> None:
+    """Refuse a broken `config.json` (or other JSON config) of the reference model, which the
+    output would copy, before any work."""
+    reference = recipe.reference_model().path
+    check_model_files(reference if reference.is_dir() else reference.parent)
 
 
 def make_plan(recipe: MergeRecipe, checkpoints: dict[str, ModelCheckpoint]) -> MergePlan:
@@ -128,6 +172,7 @@ def describe_plan(plan: MergePlan, recipe: MergeRecipe, threads: int) -> str:
             f"  {tensor.fate:<5} {tensor.name} {list(tensor.shape)} -> "
             f"{str(tensor.out_dtype).removeprefix('torch.')}{detail}{reason}"
         )
+    lines += [f"note: {note}" for note in plan.notes]
     compute = recipe.compute_dtype or torch.float32
     peak = plan.peak_bytes(compute, threads, _streaming_rule(recipe), BLOCK_ELEMENTS)
     lines.append(f"estimated peak working memory: {peak / 1024**2:.1f} MiB")
@@ -145,33 +190,39 @@ def run_merge(
     progress: Callable[[int], Any] | None = None,
     on_plan: Callable[[MergePlan], Any] | None = None,
 ) -> MergeReport:
-    """Merge into `output` (written aside, renamed into place when complete). `progress(n)` is
-    called as tensors are written; `on_plan(plan)` once the plan is checked."""
+    """Merge into `output` (written aside, renamed into place when complete; locked from the
+    start, see the module docstring). `progress(n)` is called as tensors are written;
+    `on_plan(plan)` once the plan is checked."""
     started = time.perf_counter()
-    checkpoints = open_models(recipe, allow_pickle)
+    if shard_size < 1:
+        raise ValueError(f"The shard size must be at least 1 byte, got {shard_size}")
+    directory = AtomicOutputDirectory(
+        output, writer=WRITER, force=force, inputs=recipe.input_paths()
+    )
     try:
-        plan = make_plan(recipe, checkpoints)
-        if on_plan is not None:
-            on_plan(plan)
-        outputs = plan.outputs
-        if recipe.shared_random_stream:  # computed, so written, in the stream's order
-            outputs = sorted(outputs, key=lambda output: output.name)
-        shards = plan_shards(outputs, shard_size)
-        directory = AtomicOutputDirectory(output, force=force)
+        check_reference_files(recipe)
+        checkpoints = open_models(recipe, allow_pickle)
         try:
+            plan = make_plan(recipe, checkpoints)
+            if on_plan is not None:
+                on_plan(plan)
+            outputs = plan.outputs
+            if recipe.shared_random_stream:  # computed, so written, in the stream's order
+                outputs = sorted(outputs, key=lambda output: output.name)
+            shards = plan_shards(outputs, shard_size)
             _write(plan, recipe, shards, directory.path, threads, progress)
             overrides = getattr(recipe.expression, "config_overrides", dict)()
             out_dtype = recipe.out_dtype or recipe.load_dtype
             copy_model_files(
                 checkpoints[plan.reference].directory, directory.path, out_dtype, overrides
             )
-            target = directory.commit()
-        except BaseException:
-            directory.abort()
-            raise
-    finally:
-        for checkpoint in checkpoints.values():
-            checkpoint.close()
+        finally:
+            for checkpoint in checkpoints.values():
+                checkpoint.close()
+    except BaseException:
+        directory.abort()
+        raise
+    target = directory.commit()
     return MergeReport(plan, target, time.perf_counter() - started, len(shards))
 
 
@@ -330,9 +381,13 @@ def _compute(
 ) -> torch.Tensor:
     shape = tensor.shape if rows is None else (rows[1] - rows[0], *tensor.shape[1:])
     if tensor.fate == "copy":
-        return plan.models[tensor.source].get(tensor.name, rows).to(tensor.out_dtype)
+        value = plan.models[tensor.source].get(tensor.name, rows)
+        if not all_finite(value, tensor.out_dtype):
+            raise _non_finite_input(plan, tensor.source, tensor.name, [tensor.out_dtype])
+        return value.to(tensor.out_dtype)
     compute = _compute_dtype(plan, recipe, tensor.name)
-    read = _reader(plan, recipe, tensor, compute, rows=rows)
+    inputs: list[tuple[str, str]] = []  # (model, tensor name) of every input read
+    read = _reader(plan, recipe, tensor, compute, rows=rows, record=inputs)
     offset = rows[0] * math.prod(tensor.shape[1:]) if rows is not None else 0
     context = _context(plan, recipe, tensor, shape, read, compute, prepared or {}, offset)
     if stream is None:
@@ -345,7 +400,47 @@ def _compute(
         raise RuntimeError(
             f"The merge gave {tensor.name!r} the shape {tuple(value.shape)}, expected {shape}"
         )
+    if not all_finite(value, tensor.out_dtype):
+        raise _non_finite_result(plan, recipe, tensor, inputs)
     return value.to(tensor.out_dtype)
+
+
+def _non_finite_result(
+    plan: MergePlan, recipe: MergeRecipe, tensor: TensorPlan, inputs: list[tuple[str, str]]
+) -> NonFiniteError:
+    """The error for a merged block with NaN or infinite values: the first input tensor that has
+    them or overflows a dtype it is cast to (read whole: a blockwise method's statistics come
+    from all of it), else the merge itself."""
+    casts = [recipe.load_dtype, _compute_dtype(plan, recipe, tensor.name)]
+    for label, name in dict.fromkeys(inputs):
+        error = _non_finite_input(plan, label, name, [dtype for dtype in casts if dtype])
+        if error is not None:
+            return error
+    return NonFiniteError(
+        f"The merge gives tensor {tensor.name!r} NaN or infinite values although its inputs "
+        f"are finite: check the parameters of {recipe.expression!r} for this tensor (weights, "
+        f"t, lambda) and whether {_dtype_name(tensor.out_dtype)} can hold the result"
+    )
+
+
+def _non_finite_input(
+    plan: MergePlan, label: str, name: str, casts: Sequence[torch.dtype]
+) -> NonFiniteError | None:
+    """The error for an input tensor that holds NaN or infinite values or overflows one of the
+    dtypes it is cast to, or None."""
+    checkpoint = plan.models[label]
+    value = checkpoint.get(name)
+    where = f"{checkpoint.file_of(name)}: tensor {name!r} of model {label!r}"
+    if not all_finite(value):
+        return NonFiniteError(f"{where} holds NaN or infinite values; a merge of it would too")
+    for dtype in casts:
+        if not all_finite(value, dtype):
+            return NonFiniteError(f"{where} overflows {_dtype_name(dtype)}, a dtype it is cast to")
+    return None
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _reader(
@@ -355,12 +450,16 @@ def _reader(
     compute: torch.dtype,
     rows: tuple[int, int] | None = None,
     elements: tuple[int, int] | None = None,
+    record: list[tuple[str, str]] | None = None,
 ) -> Callable[..., torch.Tensor]:
     """`read(model, name=None)`: an input tensor (its `rows`, or a flat range of `elements`),
-    cast to `load_dtype` if set, then to the `compute` dtype."""
+    cast to `load_dtype` if set, then to the `compute` dtype; (model, name) appended to
+    `record`."""
 
     def read(model: Model, name: str | None = None) -> torch.Tensor:
         checkpoint = plan.models[model.name]
+        if record is not None:
+            record.append((model.name, name or tensor.name))
         if elements is None:
             value = checkpoint.get(name or tensor.name, rows)
         else:

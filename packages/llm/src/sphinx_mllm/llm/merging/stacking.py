@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from sphinx_mllm.llm.merging.expression import Expression, Model, TensorContext
+from sphinx_mllm.llm.merging.methods.passthrough import SCALE
 from sphinx_mllm.llm.merging.parameters import layer_index, resolve
 
 _LAYER = re.compile(r"((?:^|\.)layers\.)(\d+)(\.)")
@@ -43,11 +44,19 @@ class LayerStack(Expression):
         if not slices:
             raise ValueError("A layer stack needs at least one slice")
         for item in slices:
-            if not 0 <= item.start < item.end:
+            if not isinstance(item.model, Model):
+                raise TypeError(f"A layer slice takes a model, got {item.model!r}")
+            bounds = (item.start, item.end)
+            if not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds) or not (
+                0 <= item.start < item.end
+            ):
                 raise ValueError(
-                    f"Layer range [{item.start}, {item.end}) of {item.model.name!r} is empty or "
-                    "negative"
+                    f"Layer range [{item.start!r}, {item.end!r}) of {item.model.name!r}: expected "
+                    "integers 0 <= start < end"
                 )
+            problem = SCALE.problem(item.scale)
+            if problem is not None:
+                raise ValueError(f"The scale of the slice of {item.model.name!r} is {problem}")
         self.slices = slices
         self._sources: dict[str, tuple[Model, str, Any]] = {}
 

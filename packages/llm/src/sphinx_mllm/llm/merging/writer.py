@@ -1,28 +1,25 @@
 """Writing a merged model: sharded safetensors streamed tensor by tensor, an index, the
-reference model's config and tokenizer files, all into a hidden directory beside the output that
-is renamed into place only when complete.
+reference model's config and tokenizer files (checked before the merge starts), all into the
+hidden directory of a `sphinx_mllm.core.outputs.AtomicOutputDirectory`, renamed into place only
+when complete.
 
 Each shard's header is written first (every tensor's dtype and shape is known from the plan);
 each tensor's bytes follow as soon as it is computed, so memory holds one output tensor at a
-time, whatever the shard size. A run killed at any moment leaves only a hidden
-`.NAME.partial-PID-*` directory (removed by the next run once its process is gone), never a
-directory that looks finished.
+time, whatever the shard size.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from sphinx_mllm.core.weight_files import SAFETENSORS_INDEX
+from sphinx_mllm.core.weight_files import SAFETENSORS_INDEX, CheckpointError
 from sphinx_mllm.llm.merging.checkpoint import SAFETENSORS_DTYPES
 
 TORCH_TO_SAFETENSORS = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
@@ -41,6 +38,34 @@ COPIED_FILES = (
     "checkpoint.json",
 )
 COPIED_DIRECTORIES = ("tokenizer",)  # a sphinx-pipeline checkpoint keeps its tokenizer here
+# Copied JSON files that must hold one JSON object (the vocabularies are not parsed: large)
+JSON_OBJECT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "checkpoint.json",
+)
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+# Fields of config.json that the output or its loaders rely on: name -> (check, expected)
+CONFIG_FIELDS = {
+    "model_type": (lambda value: isinstance(value, str), "a string"),
+    "architectures": (
+        lambda value: isinstance(value, list) and all(isinstance(v, str) for v in value),
+        "a list of strings",
+    ),
+    "torch_dtype": (lambda value: value is None or isinstance(value, str), "a string or null"),
+    "dtype": (lambda value: value is None or isinstance(value, str), "a string or null"),
+    "num_hidden_layers": (_positive_int, "an integer >= 1"),
+    "hidden_size": (_positive_int, "an integer >= 1"),
+    "vocab_size": (_positive_int, "an integer >= 1"),
+    "tie_word_embeddings": (lambda value: isinstance(value, bool), "true or false"),
+}
 
 
 @dataclass(frozen=True)
@@ -129,51 +154,6 @@ class StreamingShardWriter:
         return not self._pending
 
 
-class AtomicOutputDirectory:
-    """A hidden sibling directory, renamed to `target` by `commit()`."""
-
-    def __init__(self, target: str | Path, *, force: bool = False) -> None:
-        self.target = Path(target).expanduser().resolve()
-        if self.target.exists() and not force:
-            raise FileExistsError(f"{self.target} exists; choose another output or pass --force")
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        _remove_abandoned_partials(self.target)
-        prefix = f".{self.target.name}.partial-{os.getpid()}-"
-        self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.target.parent))
-
-    def commit(self) -> Path:
-        """Move the finished directory into place (replacing an old one when forced)."""
-        old = None
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.replaced-{os.getpid()}")
-            self.target.rename(old)
-        self.path.rename(self.target)
-        if old is not None:
-            shutil.rmtree(old)
-        return self.target
-
-    def abort(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _remove_abandoned_partials(target: Path) -> None:
-    """Delete `.NAME.partial-PID-*` directories whose process no longer runs."""
-    for partial in target.parent.glob(f".{target.name}.partial-*"):
-        pid = partial.name.rsplit(".partial-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(partial, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def write_index(
     directory: Path, shards: Sequence[Sequence[OutputTensor]], names: Sequence[str]
 ) -> None:
@@ -183,6 +163,40 @@ def write_index(
     total = sum(tensor.nbytes for shard in shards for tensor in shard)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (directory / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def read_model_config(directory: Path) -> dict | None:
+    """The model's `config.json` (None if it has none), checked: one JSON object whose fields
+    in CONFIG_FIELDS have the types the output relies on."""
+    settings = _json_object(directory / "config.json")
+    if settings is None:
+        return None
+    for key, (valid, expected) in CONFIG_FIELDS.items():
+        if key in settings and not valid(settings[key]):
+            raise CheckpointError(
+                f"{directory / 'config.json'}: {key} is {settings[key]!r}; expected {expected}"
+            )
+    return settings
+
+
+def check_model_files(directory: Path) -> None:
+    """Refuse, before any work, the reference model's files that would be copied broken:
+    `config.json` (see `read_model_config`) and the other JSON_OBJECT_FILES."""
+    read_model_config(directory)
+    for name in JSON_OBJECT_FILES[1:]:
+        _json_object(directory / name)
+
+
+def _json_object(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except ValueError as error:
+        raise CheckpointError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not {type(value).__name__}")
+    return value
 
 
 def copy_model_files(
@@ -201,7 +215,7 @@ def copy_model_files(
             copied.append(f"{name}/")
     config = directory / "config.json"
     if config.is_file() and (out_dtype is not None or overrides):
-        settings = json.loads(config.read_text())
+        settings = read_model_config(directory)
         if out_dtype is not None:
             dtype_name = str(out_dtype).removeprefix("torch.")
             for key in ("torch_dtype", "dtype"):

@@ -9,11 +9,17 @@ base model, and its parameters: global ones (`normalize`, `lambda`, `t`) and per
 A per-model parameter given as one value applies to every model, as a list to each in turn;
 a `Gradient` or `Filtered` value varies per tensor. `merge` computes one output tensor from the
 input tensors, in the compute dtype.
+
+Each parameter declares what it accepts (`kind`, a range or choices), checked in one place
+(`MethodParameter.problem`) when a call is built, for every value a gradient or filter can take;
+constraints between parameters (`value_problems`, e.g. weights that sum to 0 under `normalize`)
+are checked then too when the values are plain, and per tensor when the plan is made.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,19 +33,72 @@ from sphinx_mllm.llm.merging.expression import (
     MethodCall,
     TensorContext,
 )
-from sphinx_mllm.llm.merging.parameters import resolve
+from sphinx_mllm.llm.merging.parameters import NO_DEFAULT, Filtered, Gradient, resolve
 
 REQUIRED = object()
+ParameterKind = Literal["any", "number", "bool", "choice"]
 
 
 @dataclass(frozen=True)
 class MethodParameter:
-    """One parameter of a method: global, or one value per model."""
+    """One parameter of a method: global, or one value per model, and what it accepts: a finite
+    number within `[minimum, maximum]`, a bool, one of `choices`, or (a plugin that declares
+    nothing) anything; None too when `optional`."""
 
     name: str
     default: Any = REQUIRED
     per_model: bool = False
     help: str = ""
+    kind: ParameterKind = "any"
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    optional: bool = False
+
+    @property
+    def expected(self) -> str:
+        """What the parameter accepts, in words."""
+        if self.kind == "number":
+            low = "-inf" if self.minimum is None else f"{self.minimum:g}"
+            high = "inf" if self.maximum is None else f"{self.maximum:g}"
+            text = "a finite number" + (
+                "" if self.minimum is None and self.maximum is None else f" in [{low}, {high}]"
+            )
+        elif self.kind == "bool":
+            text = "true or false"
+        elif self.kind == "choice":
+            text = f"one of {list(self.choices)}"
+        else:
+            text = "any value"
+        return f"{text} or null" if self.optional else text
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is not accepted (every value a gradient or filter can take is checked),
+        or None."""
+        if isinstance(value, Filtered):
+            values = [rule for _, rule in value.rules]
+            values += [] if value.default is NO_DEFAULT else [value.default]
+            return next(filter(None, map(self.problem, values)), None)
+        if isinstance(value, Gradient):
+            if self.kind not in ("number", "any"):
+                return f"a gradient {list(value.anchors)}, but it takes {self.expected}"
+            return next(filter(None, map(self.problem, value.anchors)), None)
+        if self.kind == "any" or (value is None and self.optional) or self._accepts(value):
+            return None
+        return f"{value!r}, but it takes {self.expected}"
+
+    def _accepts(self, value: Any) -> bool:
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        if self.kind == "choice":
+            return isinstance(value, str) and value in self.choices
+        return (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and (self.minimum is None or value >= self.minimum)
+            and (self.maximum is None or value <= self.maximum)
+        )
 
 
 class MergeMethod(ABC):
@@ -107,13 +166,23 @@ class MergeMethod(ABC):
             self._complete(entry, per_model=True, where=f" for model {index} ({_label(model)})")
             for index, (entry, model) in enumerate(zip(model_values, models, strict=True))
         ]
+        plain = [*global_values.values(), *(v for entry in model_values for v in entry.values())]
+        if not any(isinstance(value, Filtered | Gradient) for value in plain):
+            labels = [_label(model) for model in models]
+            problems = self.value_problems(labels, model_values, global_values)
+            if problems:
+                raise ValueError(f"{self.name}: {'; '.join(problems)}")
         return MethodCall(self, base, models, global_values, model_values)
 
     def _complete(self, values: dict[str, Any], *, per_model: bool, where: str) -> dict[str, Any]:
-        for name in values:
-            if self.parameter(name).per_model != per_model:
+        for name, value in values.items():
+            parameter = self.parameter(name)
+            if parameter.per_model != per_model:
                 kind = "per-model" if not per_model else "global"
                 raise ValueError(f"{self.name}: {name!r} is a {kind} parameter, given{where}")
+            problem = parameter.problem(value)
+            if problem is not None:
+                raise ValueError(f"{self.name}: parameter {name!r}{where} is {problem}")
         completed = dict(values)
         for parameter in self.parameters:
             if parameter.per_model == per_model and parameter.name not in completed:
@@ -166,15 +235,30 @@ class MergeMethod(ABC):
         self, call: MethodCall, context: TensorContext
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The call's per-model and global parameters, resolved for the context's tensor."""
-        params = {
-            name: resolve(v, context.name, context.num_layers)
-            for name, v in call.parameters.items()
-        }
-        model_params = [
-            {name: resolve(v, context.name, context.num_layers) for name, v in entry.items()}
-            for entry in call.model_parameters
+        return _resolve_all(call, context.name, context.num_layers)
+
+    def value_problems(
+        self, labels: list[str], model_params: list[dict[str, Any]], params: dict[str, Any]
+    ) -> list[str]:
+        """What is wrong with a combination of (resolved, individually valid) values, e.g.
+        weights that sum to 0 under `normalize`; `labels` name the models. A method with such
+        constraints overrides this."""
+        return []
+
+    def tensor_problems(
+        self, call: MethodCall, tensor_name: str, num_layers: int | None
+    ) -> list[str]:
+        """`value_problems` of the call's parameters resolved for one tensor (a filter that
+        matches nothing, without a default, is one too)."""
+        try:
+            model_params, params = _resolve_all(call, tensor_name, num_layers)
+        except ValueError as error:
+            return [f"{self.name}: {error}"]
+        labels = [_label(model) for model in call.inputs]
+        return [
+            f"{self.name}: {problem}"
+            for problem in self.value_problems(labels, model_params, params)
         ]
-        return model_params, params
 
     def prepare(self, call: MethodCall, context: TensorContext, flat: FlatContexts) -> Any:
         """For a blockwise method: the statistics of the whole tensor that `merge_block` needs,
@@ -205,6 +289,17 @@ class MergeMethod(ABC):
         context: TensorContext,
     ) -> torch.Tensor:
         """One output tensor from the inputs (in the compute dtype)."""
+
+
+def _resolve_all(
+    call: MethodCall, tensor_name: str, num_layers: int | None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    params = {name: resolve(v, tensor_name, num_layers) for name, v in call.parameters.items()}
+    model_params = [
+        {name: resolve(v, tensor_name, num_layers) for name, v in entry.items()}
+        for entry in call.model_parameters
+    ]
+    return model_params, params
 
 
 def _evaluate_inputs(

@@ -7,6 +7,7 @@ any, is an ordinary input.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -25,9 +26,22 @@ class Linear(MergeMethod):
     base_model = "none"
     elementwise = True
     parameters = (
-        MethodParameter("weight", REQUIRED, per_model=True, help="the model's weight"),
-        MethodParameter("normalize", True, help="divide by the sum of the weights"),
+        MethodParameter(
+            "weight", REQUIRED, per_model=True, help="the model's weight", kind="number"
+        ),
+        MethodParameter("normalize", True, help="divide by the sum of the weights", kind="bool"),
     )
+
+    def value_problems(
+        self, labels: list[str], model_params: list[dict[str, Any]], params: dict[str, Any]
+    ) -> list[str]:
+        weights = [settings["weight"] for settings in model_params]
+        if params["normalize"] and math.fsum(weights) == 0:
+            return [
+                f"the weights {weights} of models {labels} sum to 0, and normalize divides by "
+                "their sum; give weights with a non-zero sum or set normalize: false"
+            ]
+        return []
 
     def merge(
         self,

@@ -22,7 +22,9 @@ class ModelStock(MergeMethod):
     base_model = "required"
     min_models = 2
     parameters = (
-        MethodParameter("filter_wise", False, help="one factor per row instead of per tensor"),
+        MethodParameter(
+            "filter_wise", False, help="one factor per row instead of per tensor", kind="bool"
+        ),
     )
 
     def merge(

@@ -10,6 +10,10 @@ import torch
 from sphinx_mllm.llm.merging.expression import TensorContext
 from sphinx_mllm.llm.merging.methods.base import MergeMethod, MethodParameter
 
+SCALE = MethodParameter(
+    "scale", None, per_model=True, help="factor for the tensor", kind="number", optional=True
+)
+
 
 class Passthrough(MergeMethod):
     name = "passthrough"
@@ -17,7 +21,7 @@ class Passthrough(MergeMethod):
     base_model = "none"
     min_models = max_models = 1
     elementwise = True
-    parameters = (MethodParameter("scale", None, per_model=True, help="factor for the tensor"),)
+    parameters = (SCALE,)
 
     def merge(
         self,

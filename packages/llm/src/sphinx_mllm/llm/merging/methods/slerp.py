@@ -32,7 +32,16 @@ class Slerp(MergeMethod):
     base_model = "required"
     min_models = max_models = 1
     blockwise = True  # the angle from the whole tensors first, then block by block
-    parameters = (MethodParameter("t", REQUIRED, help="interpolation factor, 0 = base"),)
+    parameters = (
+        MethodParameter(
+            "t",
+            REQUIRED,
+            help="interpolation factor, 0 = base",
+            kind="number",
+            minimum=0,
+            maximum=1,
+        ),
+    )
 
     def merge(
         self,

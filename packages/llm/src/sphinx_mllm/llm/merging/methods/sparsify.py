@@ -21,6 +21,7 @@ import torch
 from sphinx_mllm.llm.merging.methods.rank_cut import find_rank_cut, magnitude_keys
 
 RANKINGS = ("sort", "select")
+RESCALINGS = ("l1", "inverse_density")
 
 
 def magnitude(delta: torch.Tensor, density: float, ranking: str = "sort") -> torch.Tensor:

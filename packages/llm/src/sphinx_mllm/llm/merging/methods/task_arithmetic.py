@@ -35,6 +35,7 @@ from sphinx_mllm.llm.merging.methods.base import (
 from sphinx_mllm.llm.merging.methods.rank_cut import RankCut, find_rank_cut, magnitude_keys
 
 SPARSIFIERS = (None, "magnitude", "random", "magnitude_outliers")
+SIGN_ELECTIONS = ("weighted", "paper")
 PREPARE_BLOCK = 1 << 20  # elements of a task vector read at once to find the kept ranks
 
 
@@ -62,48 +63,95 @@ class GeneralizedTaskArithmetic(MergeMethod):
         self.consensus = consensus
         self.random = sparsifier == "random"  # draws masks: see MergeRecipe.shared_random_stream
         self.elementwise = sparsifier is None  # sparsifiers rank or draw over a whole tensor
+        fraction = {"kind": "number", "minimum": 0, "maximum": 1}
         per_model = [
             MethodParameter(
-                "weight", REQUIRED, per_model=True, help="scale of the model's task vector"
+                "weight",
+                REQUIRED,
+                per_model=True,
+                help="scale of the model's task vector",
+                kind="number",
             )
         ]
         if sparsifier is not None:
             per_model.append(
-                MethodParameter("density", 1.0, per_model=True, help="fraction of entries kept")
+                MethodParameter(
+                    "density", 1.0, per_model=True, help="fraction of entries kept", **fraction
+                )
             )
         if sparsifier == "magnitude_outliers":
             per_model.append(
                 MethodParameter(
-                    "gamma", 0.01, per_model=True, help="fraction of largest entries dropped"
+                    "gamma",
+                    0.01,
+                    per_model=True,
+                    help="fraction of largest entries dropped",
+                    **fraction,
                 )
             )
         ranked = sparsifier in ("magnitude", "magnitude_outliers")
         shared = [
-            MethodParameter("normalize", normalize, help="divide by the (agreeing) weights' sum"),
-            MethodParameter("lambda", 1.0, help="scale of the merged task vector"),
+            MethodParameter(
+                "normalize", normalize, help="divide by the (agreeing) weights' sum", kind="bool"
+            ),
+            MethodParameter("lambda", 1.0, help="scale of the merged task vector", kind="number"),
         ]
         shared += [
-            MethodParameter("rescale", rescale, help="rescale the kept entries"),
+            MethodParameter("rescale", rescale, help="rescale the kept entries", kind="bool"),
             MethodParameter(
-                "rescale_by", "l1", help='"l1" (mergekit) or "inverse_density" (DARE paper)'
+                "rescale_by",
+                "l1",
+                help='"l1" (mergekit) or "inverse_density" (DARE paper)',
+                kind="choice",
+                choices=sparsify.RESCALINGS,
             ),
             MethodParameter(
-                "int8_mask", False, help="mergekit's mask storage option; no numerical effect"
+                "int8_mask",
+                False,
+                help="mergekit's mask storage option; no numerical effect",
+                kind="bool",
             ),
         ]
         if ranked:
             shared.append(
                 MethodParameter(
-                    "ranking", "sort", help='"sort" (mergekit, exact) or "select" (O(n))'
+                    "ranking",
+                    "sort",
+                    help='"sort" (mergekit, exact) or "select" (O(n))',
+                    kind="choice",
+                    choices=sparsify.RANKINGS,
                 )
             )
         if consensus:
             shared.append(
                 MethodParameter(
-                    "sign_election", "weighted", help='"weighted" (mergekit) or "paper"'
+                    "sign_election",
+                    "weighted",
+                    help='"weighted" (mergekit) or "paper"',
+                    kind="choice",
+                    choices=SIGN_ELECTIONS,
                 )
             )
         self.parameters = (*per_model, *shared)
+
+    def value_problems(
+        self, labels: list[str], model_params: list[dict[str, Any]], params: dict[str, Any]
+    ) -> list[str]:
+        """Breadcrumbs keeps `density` and drops the top `gamma`: together at most all entries;
+        rescaling by `1 / density` needs a density above 0."""
+        problems = []
+        for label, settings in zip(labels, model_params, strict=True):
+            density, gamma = settings.get("density", 1.0), settings.get("gamma", 0.0)
+            if density + gamma > 1:
+                problems.append(
+                    f"model {label!r}: density {density:g} + gamma {gamma:g} exceed 1 (the kept "
+                    "and the dropped largest entries cannot overlap)"
+                )
+            if params["rescale"] and params["rescale_by"] == "inverse_density" and density == 0:
+                problems.append(
+                    f"model {label!r}: density 0 with rescale_by inverse_density divides by 0"
+                )
+        return problems
 
     def merge(
         self,
