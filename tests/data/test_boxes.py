@@ -217,6 +217,17 @@ def test_first_bracket_returns_all_its_numbers_flat():
     assert parse_first_bracket("<box>(100,200),(300,400)</box>", "qwen_vl") == BOX
 
 
+def test_first_bracket_on_pathological_text():
+    """Text made of 200,000 `[` (a regular expression searched from each of them took quadratic
+    time): the scan is linear, and the answers are those of the first bracket."""
+    many = "[" * 200_000
+    assert parse_first_bracket(many) is None  # no closing bracket at all
+    with pytest.raises(BoxParseError, match=r"at character 0 holds '\[\[\["):
+        parse_first_bracket(many + "]")
+    assert parse_first_bracket("x" * 200_000 + "[0.1,0.2,0.3,0.4]") == (0.1, 0.2, 0.3, 0.4)
+    assert parse_first_bracket("<box>" * 50_000, "qwen_vl") is None
+
+
 def test_first_bracket_holding_words_is_a_box_parse_error():
     with pytest.raises(BoxParseError, match="the man"):
         parse_first_bracket("[the man] [0.1,0.2,0.3,0.4]")

@@ -189,6 +189,14 @@ def test_rec_misses(answer):
     assert not rec_hit(answer, GT_XYXY, IMAGE_SIZE)
 
 
+def test_rec_overflowing_coordinates_are_a_miss_not_an_error():
+    """A 310-digit coordinate reads as infinity (it raised OverflowError)."""
+    huge = "9" * 310
+    assert not rec_hit(f"[{huge},0.17,1.00,0.35]", GT_XYXY, IMAGE_SIZE)
+    assert not rec_hit(f"<box>({huge},1),(2,3)</box>", GT_XYXY, IMAGE_SIZE)
+    assert not rec_hit("[" * 200_000, GT_XYXY, IMAGE_SIZE)
+
+
 def test_rec_reads_llava_spacing_and_integers():
     assert rec_hit("[0.73, 0.17, 1, 0.35]", GT_XYXY, IMAGE_SIZE)
 

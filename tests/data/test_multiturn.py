@@ -101,4 +101,10 @@ def test_the_merge_rounds_command(tmp_path, capsys):
     assert main(["merge-rounds", str(source), "--out", str(out)]) == 0
     assert "2 records written" in capsys.readouterr().out
     assert len(out.read_text().splitlines()) == 2
+    written = out.read_text()
     assert main(["merge-rounds", str(source), "--out", str(out), "--max-rounds", "0"]) == 2
+    assert "exists" in capsys.readouterr().err  # an existing output needs --force
+    again = ["merge-rounds", str(source), "--out", str(out), "--max-rounds", "0", "--force"]
+    assert main(again) == 2
+    assert "max_rounds must be at least 1" in capsys.readouterr().err
+    assert out.read_text() == written  # a failed run leaves the earlier output as it was

@@ -53,7 +53,9 @@ def test_streamed_arrays_equal_json_load_across_block_boundaries(tmp_path, monke
     records = [{"id": i, "value": [1.5e3, -2, 'x"y'], "t": "ünïcode"} for i in range(50)]
     path = write(tmp_path / "f.json", {"a": {"b": [1, 2]}, "annotations": records, "z": 12345})
     assert list(iter_array(path, "annotations")) == records
-    assert list(iter_array(path, "missing")) == []
+    assert list(iter_array(path, "missing", required=False)) == []
+    with pytest.raises(AnnotationFormatError, match=r"no top-level key 'missing'.*'annotations'"):
+        list(iter_array(path, "missing"))
     write(tmp_path / "top.json", records)
     assert list(iter_top_level(tmp_path / "top.json")) == records
     write(tmp_path / "dict.json", {"q1": {"x": 1}, "q2": {"x": 2}})

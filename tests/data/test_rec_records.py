@@ -81,11 +81,12 @@ def test_bad_export_rows_are_named(tmp_path):
     problems = Problems("skip")
     assert list(read_refs_export(path, problems=problems)) == []
     assert problems.skipped == {
-        "missing image_id, split, sentences or bbox": 2,
+        "not an object but list": 1,
+        "missing keys ['bbox']": 1,
         "no width/height and no image size for image 2": 1,
         "bbox is not 4 numbers: [1, 2, 3]": 1,
     }
-    with pytest.raises(AnnotationFormatError, match=r"bad\.json row 0: missing image_id"):
+    with pytest.raises(AnnotationFormatError, match=r"bad\.json row 0: not an object"):
         list(read_refs_export(path))
 
 

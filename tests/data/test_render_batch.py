@@ -309,6 +309,27 @@ def test_the_first_bad_conversation_raises_as_render_does(
     assert batched.value.sample_id == "c2"
 
 
+@pytest.mark.parametrize("backend", ["transformers", "sentencepiece", "byte_bpe"])
+def test_a_chunk_of_only_invalid_conversations_raises_as_render_does(
+    backend, sentencepiece_model, bpe_model
+):
+    """The tokenizer is not called on an empty batch (transformers' fast tokenizers raised an
+    IndexError there): the error is `render`'s, naming the sample."""
+    if backend == "transformers":
+        transformers = pytest.importorskip("transformers")
+        tokenizer = transformers.PreTrainedTokenizerFast(
+            tokenizer_object=bpe_model, bos_token="<s>", eos_token="</s>"
+        )
+    else:
+        tokenizer = sentencepiece_model if backend == "sentencepiece" else bpe_model
+    bad = [{"from": "gpt", "value": "an answer first"}]
+    with pytest.raises(ConversationError) as one:
+        render(SPHINX, bad, tokenizer, image_token=IMAGE, sample_id="s7")
+    with pytest.raises(ConversationError) as batched:
+        render_batch(SPHINX, [bad, bad], tokenizer, image_token=IMAGE, sample_ids=["s7", "s8"])
+    assert str(batched.value) == str(one.value) and batched.value.sample_id == "s7"
+
+
 def test_text_read_as_a_special_token_is_refused_in_a_batch(bpe_model):
     adapter = as_text_tokenizer(bpe_model, bos_token="<s>", eos_token="</s>")
     bad = [{"from": "human", "value": "a"}, {"from": "gpt", "value": "the end </s> and more"}]

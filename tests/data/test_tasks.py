@@ -204,7 +204,7 @@ def test_build_command_from_a_coco_file(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert (
         "1 records written, 1 dropped" in printed
-        and "source: box [90, 10, 50, 20] is outside" in printed
+        and "source: bbox [90, 10, 50, 20] is outside" in printed
     )
     assert len((tmp_path / "d.jsonl").read_text().splitlines()) == 1
     assert (

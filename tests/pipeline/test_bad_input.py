@@ -349,7 +349,7 @@ def test_help_lists_every_command_with_a_whole_sentence():
     from sphinx_mllm.pipeline.cli import app
     from sphinx_mllm.pipeline.commands import summary
 
-    help_text = " ".join(sphinx_pipeline("--help").stdout.split())
+    help_text = " ".join(sphinx_pipeline("--help").stdout.replace("│", " ").split())
     for command in app.registered_commands:
         line = summary(command.callback)
         assert line.endswith((".", ")")) and "..." not in line, line

@@ -7,7 +7,7 @@ formats it accepts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 from sphinx_mllm.data.readers import (
     CocoFile,
     Problems,
+    checks,
     layout_category_names,
     read_aokvqa,
     read_flickr30k_entities,
@@ -36,45 +37,84 @@ class SourceFormat:
     open: Callable[[list[Path], Problems, dict[str, Any]], Iterable[Any]]
 
 
+def _outside(options: dict[str, Any]) -> bool:
+    """Whether image names may leave the image root (`--allow-outside-images`)."""
+    return bool(options.get("allow_outside", False))
+
+
 def _coco(paths: list[Path], problems: Problems, options: dict[str, Any]) -> Iterable[Any]:
-    return [CocoFile(paths[0], problems)]
+    return [CocoFile(paths[0], problems, allow_outside=_outside(options))]
 
 
 def _layout(paths: list[Path], problems: Problems, options: dict[str, Any]) -> Iterable[Any]:
-    coco = CocoFile(paths[0], problems)
+    coco = CocoFile(paths[0], problems, allow_outside=_outside(options))
     layout_category_names(coco)  # refuses files whose categories are not layout ones
     return [coco]
 
 
 def _captions(paths: list[Path], problems: Problems, options: dict[str, Any]) -> Iterable[Any]:
-    coco = CocoFile(paths[0], problems)
+    coco = CocoFile(paths[0], problems, allow_outside=_outside(options))
     options["images"] = coco.images
     return coco.captions()
 
 
 def _refs_pickle(paths: list[Path], problems: Problems, options: dict[str, Any]) -> Iterable[Any]:
-    refs = read_refs_pickle(paths[0], paths[1], problems)
+    refs = read_refs_pickle(paths[0], paths[1], problems, allow_outside=_outside(options))
     return _split(refs, options.pop("split", None))
 
 
 def _refs_export(paths: list[Path], problems: Problems, options: dict[str, Any]) -> Iterable[Any]:
+    outside = _outside(options)
     sizes = (
-        {i.id: i.size for i in CocoFile(paths[1], problems).images.values()}
+        {i.id: i.size for i in CocoFile(paths[1], problems, allow_outside=outside).images.values()}
         if len(paths) > 1
         else None
     )
-    refs = read_refs_export(paths[0], image_sizes=sizes, problems=problems)
+    refs = read_refs_export(paths[0], image_sizes=sizes, problems=problems, allow_outside=outside)
     return _split(refs, options.pop("split", None))
 
 
 def _split(refs: Iterable[ReferringExpression], split: str | None) -> Iterable[ReferringExpression]:
-    return refs if split is None else (ref for ref in refs if ref.split == split)
+    return refs if split is None else _in_split(refs, split)
+
+
+def _in_split(refs: Iterable[ReferringExpression], split: str) -> Iterator[ReferringExpression]:
+    """The refs of `split`; a split no ref has is an error (a typo would build nothing)."""
+    splits = set()
+    for ref in refs:
+        splits.add(ref.split)
+        if ref.split == split:
+            yield ref
+    if split not in splits:
+        raise ValueError(f"--split {split!r}: no ref has it; the refs' splits are {sorted(splits)}")
 
 
 def _vqav2(paths: list[Path], problems: Problems, options: dict[str, Any]) -> Iterable[Any]:
     pattern = options.pop("image_pattern", None)
-    extra = {"image_pattern": pattern} if pattern else {}
-    return read_vqav2(paths[0], paths[1], problems=problems, **extra)
+    extra = {"image_pattern": checks.image_pattern(pattern, "--image-pattern")} if pattern else {}
+    return read_vqav2(
+        paths[0], paths[1], problems=problems, allow_outside=_outside(options), **extra
+    )
+
+
+def _flickr30k(paths: list[Path], problems: Problems, options: dict[str, Any]) -> Iterable[Any]:
+    return read_flickr30k_entities(paths[0], problems=problems, allow_outside=_outside(options))
+
+
+def _gqa(paths: list[Path], problems: Problems, options: dict[str, Any]) -> Iterable[Any]:
+    return read_gqa(paths[0], problems, allow_outside=_outside(options))
+
+
+def _textvqa(paths: list[Path], problems: Problems, options: dict[str, Any]) -> Iterable[Any]:
+    return read_textvqa(paths[0], problems, allow_outside=_outside(options))
+
+
+def _aokvqa(paths: list[Path], problems: Problems, options: dict[str, Any]) -> Iterable[Any]:
+    return read_aokvqa(paths[0], problems=problems, allow_outside=_outside(options))
+
+
+def _llava(paths: list[Path], problems: Problems, options: dict[str, Any]) -> Iterable[Any]:
+    return read_llava(paths[0], problems, allow_outside=_outside(options))
 
 
 FORMATS = {
@@ -89,27 +129,12 @@ FORMATS = {
         SourceFormat(
             "refcoco-export", "refs", ("refs.parquet|refs.json", "[instances.json]"), _refs_export
         ),
-        SourceFormat(
-            "flickr30k",
-            "grounded",
-            ("Flickr30k Entities root",),
-            lambda p, pr, o: read_flickr30k_entities(p[0], problems=pr),
-        ),
+        SourceFormat("flickr30k", "grounded", ("Flickr30k Entities root",), _flickr30k),
         SourceFormat("vqav2", "vqa", ("questions.json", "annotations.json"), _vqav2),
-        SourceFormat("gqa", "vqa", ("questions.json",), lambda p, pr, o: read_gqa(p[0], pr)),
-        SourceFormat("textvqa", "vqa", ("textvqa.json",), lambda p, pr, o: read_textvqa(p[0], pr)),
-        SourceFormat(
-            "aokvqa",
-            "multiple_choice",
-            ("aokvqa.json",),
-            lambda p, pr, o: read_aokvqa(p[0], problems=pr),
-        ),
-        SourceFormat(
-            "llava",
-            "conversations",
-            ("data.json|data.jsonl",),
-            lambda p, pr, o: read_llava(p[0], pr),
-        ),
+        SourceFormat("gqa", "vqa", ("questions.json",), _gqa),
+        SourceFormat("textvqa", "vqa", ("textvqa.json",), _textvqa),
+        SourceFormat("aokvqa", "multiple_choice", ("aokvqa.json",), _aokvqa),
+        SourceFormat("llava", "conversations", ("data.json|data.jsonl",), _llava),
     )
 }
 TASK_KINDS = {

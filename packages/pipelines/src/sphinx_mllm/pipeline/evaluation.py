@@ -150,7 +150,7 @@ def records_to_score(
     for source in sources:
         if not source.path.is_file():
             raise FileNotFoundError(f"No data file at {source.path}")
-        records = list(read_llava(source.path))
+        records = list(read_llava(source.path, allow_outside=source.images_outside_root))
         if not records:
             raise ValueError(f"{source.path}: the file holds no records to score")
         records = with_readable_images(source, records[:limit], Problems("raise"))

@@ -11,6 +11,7 @@ tolerant SPHINX reader, so LLaVA's "[0.1, 0.2, 0.3, 0.4]" counts too.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from sphinx_mllm.data.boxes import (
@@ -32,8 +33,8 @@ def rec_iou(
         numbers = parse_first_bracket(prediction_text, "sphinx")
     except BoxParseError:
         return 0.0
-    if numbers is None or len(numbers) != 4:
-        return 0.0
+    if numbers is None or len(numbers) != 4 or not all(map(math.isfinite, numbers)):
+        return 0.0  # a coordinate of 310 digits reads as inf: a miss, not an error
     (side, _), _ = frame_transform(image_size, "padded")
     predicted = tuple(value * side for value in numbers)
     return box_iou(predicted, to_padded_pixels(gt_box_xyxy_pixels, image_size))

@@ -2,7 +2,12 @@
 
 from sphinx_mllm.data.readers.coco import CocoFile, CocoImage, CocoObject, layout_category_names
 from sphinx_mllm.data.readers.flickr30k import read_flickr30k_entities
-from sphinx_mllm.data.readers.json_stream import AnnotationFormatError, iter_array, iter_top_level
+from sphinx_mllm.data.readers.json_stream import (
+    AnnotationFormatError,
+    iter_array,
+    iter_arrays,
+    iter_top_level,
+)
 from sphinx_mllm.data.readers.llava import read_llava
 from sphinx_mllm.data.readers.problems import Problems
 from sphinx_mllm.data.readers.refcoco import read_refs_export, read_refs_pickle
@@ -16,6 +21,7 @@ __all__ = [
     "CocoObject",
     "Problems",
     "iter_array",
+    "iter_arrays",
     "iter_top_level",
     "layout_category_names",
     "read_aokvqa",

@@ -1,7 +1,9 @@
 """Flickr30k Entities: `Sentences/<image_id>.txt` (five captions whose phrases are marked
 `[/EN#<chain>/<type> words]`) and `Annotations/<image_id>.xml` (PASCAL-VOC-like boxes named by
 chain id; a chain may have several boxes, a box may serve several chains; `nobndbox`/`scene`
-objects have none). Boxes are 1-based inclusive pixels in the files, 0-based x y x y here."""
+objects have none). Boxes are 1-based inclusive pixels in the files, 0-based x y x y here,
+checked by the rule of every reader (`checks.box`): a box leaving its image is bad, not clamped.
+A bad annotation file or box makes the image's captions bad (a phrase would lose a box)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sphinx_mllm.data.readers.json_stream import AnnotationFormatError
+from sphinx_mllm.data.readers import checks
 from sphinx_mllm.data.readers.problems import Problems
 
 PHRASE = re.compile(r"\[/EN#(?P<chain>\d+)/(?P<types>[^\s\]]+) (?P<words>[^\]]+)\]")
@@ -64,29 +66,54 @@ def parse_sentence(line: str) -> tuple[str, list[tuple[str, int, tuple[str, ...]
 def read_boxes(
     xml_path: Path,
 ) -> tuple[tuple[int, int], dict[int, list[tuple[float, float, float, float]]]]:
-    """Image size and chain id -> boxes."""
+    """Image size and chain id -> boxes; a file that is not such an annotation, or a box that
+    breaks the readers' rule (`checks.box`: an area, inside the image), is a `RecordProblem`."""
     try:
         root = ElementTree.parse(xml_path).getroot()
-        size = root.find("size")
-        width, height = int(size.findtext("width")), int(size.findtext("height"))
-    except (ElementTree.ParseError, AttributeError, TypeError, ValueError) as error:
-        raise AnnotationFormatError(
-            f"{xml_path}: not a Flickr30k Entities annotation ({error})"
+    except ElementTree.ParseError as error:
+        raise checks.RecordProblem(
+            f"not a Flickr30k Entities annotation (invalid XML: {error})"
         ) from error
+    size = root.find("size")
+    if size is None:
+        raise checks.RecordProblem("not a Flickr30k Entities annotation (no <size>)")
+    image_size = checks.image_size(
+        _xml_number(size, "width", "size"), _xml_number(size, "height", "size")
+    )
     chains: dict[int, list[tuple[float, float, float, float]]] = {}
-    for item in root.iter("object"):
+    for index, item in enumerate(root.iter("object")):
         box = item.find("bndbox")
         if box is None:
-            continue
-        corners = tuple(float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-        xyxy = (corners[0] - 1, corners[1] - 1, corners[2], corners[3])
+            continue  # `nobndbox` and `scene` objects have no box
+        where = f"object {index}"
+        xmin, ymin, xmax, ymax = (
+            _xml_number(box, corner, where) for corner in ("xmin", "ymin", "xmax", "ymax")
+        )
+        xyxy = checks.box((xmin - 1, ymin - 1, xmax, ymax), image_size, "xyxy", f"{where} box")
         for name in item.findall("name"):
-            chains.setdefault(int(name.text), []).append(xyxy)
-    return (width, height), chains
+            chain = (name.text or "").strip()
+            if not chain.isdigit():
+                raise checks.RecordProblem(f"{where} has the chain name {chain!r}, not a number")
+            chains.setdefault(int(chain), []).append(xyxy)
+    return image_size, chains
+
+
+def _xml_number(element: ElementTree.Element, tag: str, where: str) -> float:
+    text = element.findtext(tag)
+    if text is None:
+        raise checks.RecordProblem(f"{where} has no <{tag}>")
+    try:
+        return checks.number(float(text), tag)
+    except ValueError as error:
+        raise checks.RecordProblem(f"{where} <{tag}> is not a number: {text[:40]!r}") from error
 
 
 def read_flickr30k_entities(
-    root: str | Path, image_ids: list[str] | None = None, problems: Problems | None = None
+    root: str | Path,
+    image_ids: list[str] | None = None,
+    problems: Problems | None = None,
+    *,
+    allow_outside: bool = False,
 ) -> Iterator[GroundedCaption]:
     """Every caption of the images under `root` (`Sentences/`, `Annotations/`), with boxes."""
     root = Path(root)
@@ -100,19 +127,43 @@ def read_flickr30k_entities(
         else sorted(path.stem for path in sentences_dir.glob("*.txt"))
     )
     for image_id in ids:
+        sentences_path = sentences_dir / f"{image_id}.txt"
         xml_path = annotations_dir / f"{image_id}.xml"
         if not xml_path.is_file():
-            problems.report(str(sentences_dir / f"{image_id}.txt"), "no matching annotation XML")
+            problems.report(str(sentences_path), "no matching annotation XML")
             continue
-        size, chains = read_boxes(xml_path)
-        for line in (sentences_dir / f"{image_id}.txt").read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            caption, phrases = parse_sentence(line)
-            grounded = tuple(
-                GroundedPhrase(
-                    text, chain, types, start, end, tuple(chains.get(chain, ())) if chain else ()
-                )
-                for text, chain, types, start, end in phrases
+        boxes = problems.attempt(str(xml_path), read_boxes, xml_path)
+        if boxes is None:
+            continue
+        captions = problems.attempt(
+            str(sentences_path), _captions, image_id, sentences_path, boxes, allow_outside
+        )
+        yield from captions or ()
+
+
+def _captions(
+    image_id: str,
+    sentences_path: Path,
+    boxes: tuple[tuple[int, int], dict[int, list[tuple[float, float, float, float]]]],
+    allow_outside: bool,
+) -> list[GroundedCaption]:
+    """The captions of one image, each phrase with the boxes of its chain."""
+    file_name = checks.image_name(f"{image_id}.jpg", allow_outside)
+    size, chains = boxes
+    try:
+        lines = sentences_path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise checks.RecordProblem(f"not UTF-8 text ({error})") from error
+    captions = []
+    for line in lines:
+        if not line.strip():
+            continue
+        caption, phrases = parse_sentence(line)
+        grounded = tuple(
+            GroundedPhrase(
+                text, chain, types, start, end, tuple(chains.get(chain, ())) if chain else ()
             )
-            yield GroundedCaption(image_id, f"{image_id}.jpg", size, caption, grounded)
+            for text, chain, types, start, end in phrases
+        )
+        captions.append(GroundedCaption(image_id, file_name, size, caption, grounded))
+    return captions

@@ -5,10 +5,14 @@ and dropped."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
+from sphinx_mllm.data.readers.checks import RecordProblem
 from sphinx_mllm.data.readers.json_stream import AnnotationFormatError
+
+Parsed = TypeVar("Parsed")
 
 OnError = Literal["raise", "skip"]
 
@@ -29,6 +33,17 @@ class Problems:
         if self.on_error == "raise":
             raise AnnotationFormatError(f"{where}: {reason}")
         self.skipped[reason] += 1
+
+    def attempt(
+        self, where: str, parse: Callable[..., Parsed], *arguments: object
+    ) -> Parsed | None:
+        """`parse(*arguments)`, or None when it raises `RecordProblem` (reported for `where`:
+        raised, or counted as skipped)."""
+        try:
+            return parse(*arguments)
+        except RecordProblem as problem:
+            self.report(where, str(problem))
+            return None
 
     @property
     def total(self) -> int:

@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from sphinx_mllm.data.readers import checks
 from sphinx_mllm.data.readers.json_stream import iter_top_level
 from sphinx_mllm.data.readers.problems import Problems
 
@@ -22,25 +24,32 @@ class Region:
 def read_region_descriptions(
     path: str | Path, problems: Problems | None = None
 ) -> Iterator[Region]:
+    """Every region with a phrase and a box (the file gives no image sizes: boxes are checked
+    for an area and non-negative corners only)."""
     problems = problems or Problems()
-    for index, image in enumerate(iter_top_level(path)):
-        if not isinstance(image, dict) or "regions" not in image:
-            problems.report(f"{path} [{index}]", "missing regions")
-            continue
-        for region in image["regions"]:
-            if not {"region_id", "phrase", "x", "y", "width", "height"} <= set(region):
-                problems.report(
-                    f"{path} image {image.get('id')} region", "missing region_id, phrase or box"
-                )
-                continue
-            yield Region(
-                region_id=int(region["region_id"]),
-                image_id=int(region.get("image_id", image.get("id", 0))),
-                phrase=str(region["phrase"]).strip(),
-                bbox=(
-                    float(region["x"]),
-                    float(region["y"]),
-                    float(region["width"]),
-                    float(region["height"]),
-                ),
-            )
+    for index, image in enumerate(iter_top_level(path, "array")):
+        regions = problems.attempt(f"{path} [{index}]", _regions_of, image)
+        for region_index, region in enumerate(regions or ()):
+            where = f"{path} image {checks.shown(image.get('id'))} regions[{region_index}]"
+            parsed = problems.attempt(where, _region, region, image)
+            if parsed is not None:
+                yield parsed
+
+
+def _regions_of(image: Any) -> list:
+    image = checks.record_fields(image, ("regions",))
+    if not isinstance(image["regions"], list):
+        raise checks.RecordProblem(f"regions is not a list: {checks.shown(image['regions'])}")
+    return image["regions"]
+
+
+def _region(region: Any, image: dict) -> Region:
+    region = checks.record_fields(region, ("region_id", "phrase", "x", "y", "width", "height"))
+    return Region(
+        region_id=checks.integer(region["region_id"], "region_id"),
+        image_id=checks.integer(region.get("image_id", image.get("id")), "image_id"),
+        phrase=checks.text(region["phrase"], "phrase").strip(),
+        bbox=checks.box(
+            [region[key] for key in ("x", "y", "width", "height")], None, "xywh", "region box"
+        ),
+    )

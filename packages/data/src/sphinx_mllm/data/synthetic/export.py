@@ -18,8 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -234,7 +234,10 @@ def write_synthetic_dataset(
             f"{out_dir} holds no manifest.json of a synthetic dataset; refusing to replace it"
         )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    # os.mkdir, not tempfile.mkdtemp: the folder (renamed into place) gets the umask's
+    # permissions, not mkdtemp's private 0o700, so teammates can read the data
+    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+    os.mkdir(staging, 0o777)
     try:
         manifest = _build(staging, seed, counts, settings)
         if out_dir.exists():

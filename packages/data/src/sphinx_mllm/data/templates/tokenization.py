@@ -299,8 +299,9 @@ class TokenizerAdapter:
         return ids_out, texts_out
 
     def _encode_filled(self, texts: Sequence[str]) -> list[list[int]]:
-        """The backend's ids of each text in one batched call; none for an empty text."""
-        if all(texts):
+        """The backend's ids of each text in one batched call; none for an empty text (and no
+        call at all for no text: some backends, e.g. transformers' fast ones, fail on [])."""
+        if texts and all(texts):
             return self._backend.encode_many(list(texts))
         result: list[list[int]] = [[] for _ in texts]
         filled = [index for index, text in enumerate(texts) if text]
@@ -313,7 +314,7 @@ class TokenizerAdapter:
         """`decode_text` of each id list (the same texts, the same error for the first that
         fails), in one batched call of the tokenizer where it has one."""
         plain = sequence_start or not self.adds_prefix_space
-        if plain and all(id_lists):
+        if plain and id_lists and all(id_lists):
             return self._backend.decode_many(
                 [ids if type(ids) is list else list(ids) for ids in id_lists]
             )

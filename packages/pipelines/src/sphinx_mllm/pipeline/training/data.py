@@ -193,7 +193,9 @@ class TrainingData:
                 raise FileNotFoundError(f"No data file at {source.path}")
             kept: list[Example] = []
             problems = Problems(on_error)
-            records = list(read_llava(source.path, problems))
+            records = list(
+                read_llava(source.path, problems, allow_outside=source.images_outside_root)
+            )
             if not records and not problems.total:
                 raise ValueError(f"{source.path}: the file holds no records")
             records = with_readable_images(source, records, problems)
