@@ -77,6 +77,17 @@ def version_text(distribution: str) -> str:
         return f"{distribution} (not installed)"
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"at least 1, got {value}")
+    return value
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
     """An argparse parser whose usage errors are one line, `PROG: message (see PROG --help)`,
     with exit status 2; its subcommand parsers are of the same kind."""

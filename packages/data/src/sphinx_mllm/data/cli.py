@@ -23,7 +23,12 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from sphinx_mllm.core.cli import OneLineArgumentParser, add_common_options, run_command
+from sphinx_mllm.core.cli import (
+    OneLineArgumentParser,
+    add_common_options,
+    positive_int,
+    run_command,
+)
 from sphinx_mllm.core.outputs import OutputError, OutputExistsError, atomic_file
 from sphinx_mllm.data.boxes import STYLES
 from sphinx_mllm.data.mix_config import MIX_CONFIG_FORMAT, draw_records, read_mix_config
@@ -176,17 +181,6 @@ def mix(config_path: Path, out: Path, *, force: bool = False) -> int:
     return write_jsonl(out, draw_records(config), "mix")
 
 
-def _positive(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not >= 1")
-    return value
-
-
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the JSONL file to write")
     parser.add_argument(
@@ -230,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     building.add_argument("--split", help="RefCOCO split to keep (train, val, testA, ...)")
     building.add_argument("--style", choices=sorted(STYLES), help="box text style")
     building.add_argument("--frame", choices=["padded", "per_axis"], help="box coordinate frame")
-    building.add_argument("--max-boxes", type=_positive, help="boxes per sample (default 30)")
+    building.add_argument("--max-boxes", type=positive_int, help="boxes per sample (default 30)")
     building.add_argument("--seed", type=int, help="seed of the instruction choice")
     building.add_argument(
         "--image-pattern",

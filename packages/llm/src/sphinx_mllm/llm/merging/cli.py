@@ -20,7 +20,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from sphinx_mllm.core.cli import OneLineArgumentParser, add_common_options, run_command
+from sphinx_mllm.core.cli import (
+    OneLineArgumentParser,
+    add_common_options,
+    positive_int,
+    run_command,
+)
 from sphinx_mllm.llm.merging.allocator import reuse_freed_memory
 from sphinx_mllm.llm.merging.config import DTYPES, load_config
 from sphinx_mllm.llm.merging.expression import Expression, LinearCombination, MethodCall
@@ -48,16 +53,6 @@ def parse_size(text: str) -> int:
     if size < 1:
         raise argparse.ArgumentTypeError(f"a shard holds at least 1 byte, got {text!r}")
     return size
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"at least 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
