@@ -188,6 +188,7 @@ class TrainingData:
         report = DataReport()
         examples: dict[str, list[Example]] = {}
         visual = model.num_visual_tokens()
+        checked_images: dict[Path, str | None] = {}
         for source in sources:
             if not source.path.is_file():
                 raise FileNotFoundError(f"No data file at {source.path}")
@@ -198,7 +199,7 @@ class TrainingData:
             )
             if not records and not problems.total:
                 raise ValueError(f"{source.path}: the file holds no records")
-            records = with_readable_images(source, records, problems)
+            records = with_readable_images(source, records, problems, checked_images)
             for start in range(0, len(records), RENDER_CHUNK):
                 chunk = records[start : start + RENDER_CHUNK]
                 kept.extend(_render(model, source, chunk, visual, max_length, report, problems))
@@ -339,10 +340,16 @@ def _images(record: dict) -> list[str]:
     return list(image) if isinstance(image, list) else [image]
 
 
-def with_readable_images(source: DataSource, records: list[dict], problems: Problems) -> list:
-    """The records whose images all lie under the source's root and decode; each image file is
-    decoded once (a data set's images are shared by many records)."""
-    checked: dict[Path, str | None] = {}  # path -> why it cannot be used (None: it can)
+def with_readable_images(
+    source: DataSource,
+    records: list[dict],
+    problems: Problems,
+    checked: dict[Path, str | None] | None = None,
+) -> list:
+    """The records whose images all lie under the source's root and decode. Each image file is
+    decoded once (a data set's images are shared by many records, and by the task files of one
+    data set: pass one `checked` to the calls, path -> why it cannot be used, None if it can)."""
+    checked = {} if checked is None else checked
     usable = []
     for index, record in enumerate(records):
         failure = None
