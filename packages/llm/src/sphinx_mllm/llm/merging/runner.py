@@ -170,7 +170,7 @@ def describe_plan(plan: MergePlan, recipe: MergeRecipe, threads: int) -> str:
         reason = f" ({tensor.reason})" if tensor.reason else ""
         lines.append(
             f"  {tensor.fate:<5} {tensor.name} {list(tensor.shape)} -> "
-            f"{str(tensor.out_dtype).removeprefix('torch.')}{detail}{reason}"
+            f"{_dtype_name(tensor.out_dtype)}{detail}{reason}"
         )
     lines += [f"note: {note}" for note in plan.notes]
     compute = recipe.compute_dtype or torch.float32
