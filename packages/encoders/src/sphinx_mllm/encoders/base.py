@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from sphinx_mllm.encoders.transforms import ImageTransform, Size, to_size
@@ -42,8 +43,8 @@ class EncoderOutput:
         """Grid tokens as a map `[B, C, h, w]` (row-major, as the tokens are ordered)."""
         if self.grid is None:
             raise ValueError("Query tokens have no grid to reshape into a map")
-        batch, _, channels = self.tokens.shape
-        return self.grid_tokens.transpose(1, 2).reshape(batch, channels, *self.grid)
+        height, width = self.grid
+        return rearrange(self.grid_tokens, "b (h w) c -> b c h w", h=height, w=width)
 
 
 class VisualEncoder(nn.Module, ABC):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from einops import rearrange
 
 from sphinx_mllm.encoders.base import Grid, VisualEncoder
 from sphinx_mllm.encoders.building import Pretrained
@@ -65,7 +66,7 @@ class OpenClipConvNeXt(VisualEncoder):
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         trunk = self.model.trunk
         feature_map = trunk.forward_head(trunk.forward_features(pixels), pre_logits=True)
-        tokens = feature_map.flatten(2).transpose(1, 2)
+        tokens = rearrange(feature_map, "b c h w -> b (h w) c")
         if self.leading_token:
             tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
         return self.model.head.proj(tokens) if self.project else tokens

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from einops import rearrange
 
 from sphinx_mllm.encoders.base import Grid, VisualEncoder
 from sphinx_mllm.encoders.building import Pretrained, building_on, finish, resolve_pretrained
@@ -89,7 +90,7 @@ class TimmEncoder(VisualEncoder):
                 f"Encoder {self.name!r}: the timm model's head gave features of shape "
                 f"{tuple(feature_map.shape)}, expected a map [B, C, h, w]"
             )
-        tokens = feature_map.flatten(2).transpose(1, 2)
+        tokens = rearrange(feature_map, "b c h w -> b (h w) c")
         return (
             torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
             if self.leading_token

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 import torch
+from einops import rearrange
 from PIL import Image
 
 Size: TypeAlias = int | tuple[int, int]
@@ -37,7 +38,8 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """An RGB PIL image -> float tensor `[3, H, W]` in [0, 1]."""
     rgb = image.convert("RGB")
     data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
-    return data.view(rgb.height, rgb.width, 3).permute(2, 0, 1).float().div_(255)
+    chw = rearrange(data, "(h w c) -> c h w", h=rgb.height, w=rgb.width, c=3)
+    return chw.float().div_(255)
 
 
 def normalize(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 
 Grid = tuple[int, int]
 ALIGN_METHODS = ("repeat", "nearest", "bilinear", "area")
@@ -41,8 +42,8 @@ def align_grid(grid_map: torch.Tensor, target: Grid, method: str) -> torch.Tenso
     if source == tuple(target):
         return grid_map
     if method == "repeat":
-        factor_h, factor_w = target[0] // source[0], target[1] // source[1]
-        return grid_map.repeat_interleave(factor_h, dim=-2).repeat_interleave(factor_w, dim=-1)
+        fh, fw = target[0] // source[0], target[1] // source[1]
+        return repeat(grid_map, "n c h w -> n c (h fh) (w fw)", fh=fh, fw=fw)
     if method == "bilinear":
         return F.interpolate(grid_map, size=target, mode="bilinear", align_corners=False)
     return F.interpolate(grid_map, size=target, mode=method)
@@ -50,9 +51,9 @@ def align_grid(grid_map: torch.Tensor, target: Grid, method: str) -> torch.Tenso
 
 def tokens_to_map(tokens: torch.Tensor, grid: Grid) -> torch.Tensor:
     """Row-major grid tokens `[N, h * w, C]` -> map `[N, C, h, w]`."""
-    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
+    return rearrange(tokens, "n (h w) c -> n c h w", h=grid[0], w=grid[1])
 
 
 def map_to_tokens(grid_map: torch.Tensor) -> torch.Tensor:
     """Map `[N, C, h, w]` -> row-major tokens `[N, h * w, C]`."""
-    return grid_map.flatten(2).transpose(1, 2)
+    return rearrange(grid_map, "n c h w -> n (h w) c")

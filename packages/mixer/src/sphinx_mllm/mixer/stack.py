@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from PIL import Image
 from torch import nn
 
@@ -234,9 +235,9 @@ class VisualStack(nn.Module):
         if self.mixer.kind_independent:  # one call mixes every view; images are runs of views
             mixed = self.mixer(outputs, "global")
             if len(set(counts)) == 1:
-                tokens = mixed.reshape(len(counts), -1, mixed.shape[-1])
+                tokens = rearrange(mixed, "(b v) t d -> b (v t) d", b=len(counts))
                 return self._tokens(tokens, [tokens.shape[1]] * len(counts), counts)
-            sequences = [views.flatten(0, 1) for views in mixed.split(counts)]
+            sequences = [rearrange(views, "v t d -> (v t) d") for views in mixed.split(counts)]
         else:
             sequences = self._mix_by_kind(outputs, counts)
         lengths = [len(sequence) for sequence in sequences]
@@ -261,7 +262,7 @@ class VisualStack(nn.Module):
         mixed_tiles = self.mixer([_select(output, tile_index) for output in outputs], "tile")
         tiles = mixed_tiles.split([count - 1 for count in counts])
         return [
-            torch.cat([global_tokens, image_tiles.flatten(0, 1)])
+            torch.cat([global_tokens, rearrange(image_tiles, "v t d -> (v t) d")])
             for global_tokens, image_tiles in zip(mixed_global, tiles, strict=True)
         ]
 

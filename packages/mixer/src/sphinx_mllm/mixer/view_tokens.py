@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import nn
 
 from sphinx_mllm.mixer.alignment import Grid, map_to_tokens, tokens_to_map
@@ -31,12 +32,11 @@ def sincos_2d(grid: Grid, dim: int) -> torch.Tensor:
     rows, cols = grid
     quarter = dim // 4
     frequencies = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter))
-    y, x = torch.meshgrid(
-        torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64),
-        indexing="ij",
-    )  # fmt: skip
+    # the row and the column of each token of the row-major grid
+    y = repeat(torch.arange(rows, dtype=torch.float64), "h -> (h w)", w=cols)
+    x = repeat(torch.arange(cols, dtype=torch.float64), "w -> (h w)", h=rows)
     parts = []
-    for coordinate in (y.reshape(-1), x.reshape(-1)):
+    for coordinate in (y, x):
         angles = coordinate[:, None] * frequencies[None, :]
         parts += [angles.sin(), angles.cos()]
     return torch.cat(parts, dim=1).float()
@@ -120,9 +120,12 @@ class ViewTokenFormat(nn.Module):
             scale = cells.detach().pow(2).mean(dim=(1, 2), keepdim=True).sqrt()
             cells = cells + positions * scale
         if self.row_separator is not None:
-            rows = cells.reshape(cells.shape[0], target[0], target[1], cells.shape[-1])
-            separators = self.row_separator.to(rows.dtype).expand(cells.shape[0], target[0], 1, -1)
-            cells = torch.cat([rows, separators], dim=2).flatten(1, 2)
+            rows = rearrange(cells, "v (h w) d -> v h w d", h=target[0], w=target[1])
+            separators = repeat(
+                self.row_separator.to(rows.dtype), "1 1 d -> v h 1 d", v=rows.shape[0], h=target[0]
+            )
+            # each row then its separator: rows of w + 1 tokens
+            cells = rearrange(torch.cat([rows, separators], dim=2), "v h w1 d -> v (h w1) d")
         return torch.cat([lead, cells], dim=1)
 
     def wrap(self, tokens: torch.Tensor) -> torch.Tensor:
