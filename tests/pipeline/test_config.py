@@ -33,18 +33,22 @@ def test_encoders_may_be_given_by_name_alone():
 def test_unknown_field_names_its_path_and_a_close_match():
     data = tiny_config().to_dict()
     data["vision"]["encoder"] = data["vision"].pop("encoders")
-    with pytest.raises(ConfigError, match=r"config\.vision: unknown field\(s\) encoder .*encoders"):
+    with pytest.raises(ConfigError) as raised:
         ModelConfig.from_dict(data)
+    assert raised.value.problems == (
+        "vision.encoders: field required",
+        "vision: unknown field 'encoder' (did you mean 'encoders'?)",
+    )
 
 
 def test_missing_and_bad_values_are_named():
     data = tiny_config().to_dict()
     del data["llm"]
-    with pytest.raises(ConfigError, match=r"missing field.*llm"):
+    with pytest.raises(ConfigError, match=r"^llm: field required$"):
         ModelConfig.from_dict(data)
-    with pytest.raises(ConfigError, match="placement must be one of"):
+    with pytest.raises(ConfigError, match=r"^placement must be 'placeholder' or 'prefix', got"):
         tiny_config(placement="suffix")
-    with pytest.raises(ConfigError, match="dtype must be one of"):
+    with pytest.raises(ConfigError, match=r"^dtype must be 'float32', 'bfloat16' or 'float16'"):
         tiny_config(dtype="int8")
     with pytest.raises(ConfigError, match="not valid YAML"):
         ModelConfig.from_yaml("vision: [")

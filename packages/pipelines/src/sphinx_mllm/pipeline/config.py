@@ -16,52 +16,180 @@ llm: {name: llama2_13b}
 template: sphinx
 placement: prefix
 ```
+
+The config classes are pydantic dataclasses: each is typed, and checked whenever it is made, from
+YAML or in Python. Every problem is a `ConfigError`, one line per problem naming the field by
+its path: `vision.encoders[1].image_size: expected an integer, got 'big'`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-from dataclasses import dataclass, field
+import functools
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
+import typing_extensions
 import yaml
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
 
-PLACEMENTS = ("placeholder", "prefix")
-DTYPES = ("float32", "bfloat16", "float16")
 Placement = Literal["placeholder", "prefix"]
+Dtype = Literal["float32", "bfloat16", "float16"]
+PLACEMENTS: tuple[str, ...] = get_args(Placement)
+DTYPES: tuple[str, ...] = get_args(Dtype)
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A model config that does not describe a model: names the field and what was expected."""
+    """A config that does not describe what it should: one line per problem, each naming the
+    field by its path (`vision.encoders[1].image_size: expected an integer, got 'big'`)."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+    def within(self, prefix: str) -> ConfigError:
+        """The same problems, each line prefixed (`prefix: problem`)."""
+        return ConfigError(*(f"{prefix}: {problem}" for problem in self.problems))
 
 
-@dataclass
+# -- the types of config fields (a bool is no number, and a mapping's keys are strings) ----------
+
+# pydantic dataclasses built from YAML: no unknown fields; nested mappings become config objects
+CONFIG = ConfigDict(extra="forbid")
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise PydanticCustomError("float_type", "expected a number")
+    return value
+
+
+# a finite number; text that reads as one is taken (YAML reads `1e-3` as text)
+Number = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+Mapping = dict[StrictStr, Any]
+
+
+def field_problem(name: str, message: str, value: Any) -> ValidationError:
+    """A problem with field `name` found by a check of the whole object (`raise` it in a
+    model validator, so that it is reported at the field's path)."""
+    error = PydanticCustomError("config", "{message}", {"message": message})
+    return ValidationError.from_exception_data(
+        "config", [{"type": error, "loc": (name,), "input": value}]
+    )
+
+
+# -- checking --------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _adapter(cls: Any) -> TypeAdapter:
+    return TypeAdapter(cls)
+
+
+def validate(cls: type[T], data: Any) -> T:
+    """`data` (plain data or a `cls`) checked and converted to `cls`; every problem at once in
+    one `ConfigError`."""
+    try:
+        return _adapter(cls).validate_python(data)
+    except ValidationError as error:
+        raise ConfigError(*problems(error, cls)) from error
+
+
+C = TypeVar("C", bound=type)
+
+
+def config_errors(cls: C | None = None, *, label: str | Callable[..., str] | None = None) -> Any:
+    """Make the constructor of the pydantic dataclass `cls` raise `ConfigError` rather than
+    pydantic's `ValidationError`; with `label` (a string, or a function of the constructor's
+    arguments), each line of it starts with the label."""
+
+    def wrap(cls: C) -> C:
+        init = cls.__init__
+        if not getattr(cls, "__pydantic_complete__", False):  # pydantic would replace __init__
+            raise TypeError(f"{cls.__name__} is not a complete pydantic dataclass")
+
+        @functools.wraps(init)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            try:
+                init(self, *args, **kwargs)
+            except ValidationError as error:
+                lines = problems(error, cls)
+                if label is not None:
+                    prefix = label if isinstance(label, str) else label(*args, **kwargs)
+                    lines = [f"{prefix} {line}" for line in lines]
+                raise ConfigError(*lines) from error
+
+        cls.__init__ = __init__
+        return cls
+
+    return wrap if cls is None else wrap(cls)
+
+
+# -- the model config ------------------------------------------------------------------------------
+
+
+@config_errors
+@dataclass(config=CONFIG)
 class EncoderSpec:
     """One encoder of the visual stack: its registry name, the factory's arguments (`pretrained`,
     `feature_layer`, ...), and the side and interpolation the views are fed to it at (default:
     the encoder's own input size)."""
 
-    name: str
-    options: dict[str, Any] = field(default_factory=dict)
-    image_size: int | None = None
-    resize: str = "bicubic"
+    name: StrictStr
+    options: Mapping = field(default_factory=dict)
+    image_size: PositiveInt | None = None
+    resize: StrictStr = "bicubic"
 
 
-@dataclass
+@config_errors
+@dataclass(config=CONFIG)
 class VisionConfig:
-    """The visual stack: a view splitter, one or more encoders, and a mixer (whose options name
-    its projectors)."""
+    """The visual stack: a view splitter, one or more encoders (an encoder given by its name
+    alone is `{name: NAME}`), and a mixer (whose options name its projectors)."""
 
     encoders: list[EncoderSpec]
-    splitter: str = "single"
-    splitter_options: dict[str, Any] = field(default_factory=dict)
-    mixer: str = "channel_concat"
-    mixer_options: dict[str, Any] = field(default_factory=dict)
+    splitter: StrictStr = "single"
+    splitter_options: Mapping = field(default_factory=dict)
+    mixer: StrictStr = "channel_concat"
+    mixer_options: Mapping = field(default_factory=dict)
+
+    @field_validator("encoders", mode="before")
+    @classmethod
+    def _names_alone(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return [{"name": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("encoders")
+    @classmethod
+    def _at_least_one(cls, value: list[EncoderSpec]) -> list[EncoderSpec]:
+        if not value:
+            raise PydanticCustomError("empty", "must not be empty: a model needs an encoder")
+        return value
 
 
-@dataclass
+@config_errors
+@dataclass(config=CONFIG)
 class LLMConfig:
     """The language model: a sphinx-llm preset, a local model directory or a hub id, with config
     overrides (`num_hidden_layers: 2`, ...) and where its weights come from (`load_llm`); or,
@@ -69,26 +197,31 @@ class LLMConfig:
     `model_type`) describes, random-initialised (an imported model's LLM; `name` is then only
     a label)."""
 
-    name: str
-    overrides: dict[str, Any] = field(default_factory=dict)
-    pretrained: bool | str | None = None
-    config: dict[str, Any] | None = None
+    name: StrictStr
+    overrides: Mapping = field(default_factory=dict)
+    pretrained: StrictBool | StrictStr | None = None
+    config: Mapping | None = None
 
 
-@dataclass
+@config_errors
+@dataclass(config=CONFIG)
 class TokenizerConfig:
     """Where the tokenizer comes from: `source` is a tokenizer directory or hub id, `"llm"` for
     the language model's own, or `"demo"` for the byte-level BPE shipped with sphinx-pipeline.
     `image_token` is added as a special token when the tokenizer lacks it; `image_token_id`
-    fixes its id (needed only when there is no tokenizer and ids are made by hand)."""
+    fixes its id (needed only when there is no tokenizer and ids are made by hand). A tokenizer
+    with more ids than the LLM's embedding table is an error unless `resize_embeddings` grows
+    the table."""
 
-    source: str = "llm"
-    image_token: str = "<image>"
-    image_token_id: int | None = None
-    pad_token: str | None = None
+    source: StrictStr = "llm"
+    image_token: StrictStr = "<image>"
+    image_token_id: Annotated[StrictInt, Field(ge=0)] | None = None
+    pad_token: StrictStr | None = None
+    resize_embeddings: StrictBool = False
 
 
-@dataclass
+@config_errors
+@dataclass(config=CONFIG)
 class ModelConfig:
     """A whole multi-modal model. `placement`: `placeholder` puts each image's visual tokens at
     its run of image-token ids (as Hugging Face's LLaVA does); `prefix` puts them right after BOS
@@ -97,18 +230,10 @@ class ModelConfig:
     vision: VisionConfig
     llm: LLMConfig
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    template: str = "sphinx"
+    template: StrictStr = "sphinx"
     placement: Placement = "placeholder"
-    dtype: str = "float32"
-    name: str = "custom"
-
-    def __post_init__(self) -> None:
-        if self.placement not in PLACEMENTS:
-            raise ConfigError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if not self.vision.encoders:
-            raise ConfigError("vision.encoders is empty: a model needs at least one encoder")
+    dtype: Dtype = "float32"
+    name: StrictStr = "custom"
 
     # -- plain data ------------------------------------------------------------------------------
 
@@ -117,8 +242,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build from plain data, naming any unknown or missing field with its path."""
-        return _build(cls, data, "config")
+        """Build from plain data, naming every unknown, missing or mistyped field by its path."""
+        return validate(cls, data)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -146,7 +271,7 @@ class ModelConfig:
         try:
             return cls.from_yaml(path.read_text())
         except ConfigError as error:
-            raise ConfigError(f"{path}: {error}") from error
+            raise error.within(str(path)) from error
 
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with `changes` applied by dotted path: `replace(**{"llm.name": "tiny_qwen2"})`."""
@@ -183,79 +308,198 @@ def _index(items: list, key: str, dotted: str) -> int:
     return int(key)
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(data):
-        return data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping for {cls.__name__}, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        hints = {m for key in unknown for m in difflib.get_close_matches(key, fields)}
-        hint = f" (did you mean {', '.join(sorted(hints))}?)" if hints else ""
-        raise ConfigError(
-            f"{where}: unknown field(s) {', '.join(unknown)}{hint}; {cls.__name__} has "
-            f"{', '.join(fields)}"
-        )
-    missing = [
-        name
-        for name, f in fields.items()
-        if name not in data
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise ConfigError(f"{where}: missing field(s) {', '.join(missing)}")
-    values = {}
-    for name, value in data.items():
-        nested = _NESTED.get((cls.__name__, name))
-        if nested is EncoderSpec:
-            if not isinstance(value, list):
-                raise ConfigError(f"{where}.{name} must be a list of encoders, got {value!r}")
-            value = [
-                _build(
-                    EncoderSpec,
-                    {"name": item} if isinstance(item, str) else item,
-                    f"{where}.{name}.{i}",
-                )
-                for i, item in enumerate(value)
-            ]
-        elif nested is not None:
-            value = _build(nested, value, f"{where}.{name}")
+# -- pydantic's errors as one short line per problem ---------------------------------------------
+
+# what a field of the wrong type expected, by pydantic error type
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "dict_type": "a mapping",
+    "mapping_type": "a mapping",
+    "dataclass_type": "a mapping",
+    "dataclass_exact_type": "a mapping",
+    "model_type": "a mapping",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "iterable_type": "a list",
+    "path_type": "a path",
+    "none_required": "null",
+}
+_MISSING = {
+    "missing",
+    "missing_argument",
+    "missing_keyword_only_argument",
+    "missing_positional_only_argument",
+}
+_UNKNOWN = {"extra_forbidden", "unexpected_keyword_argument"}
+_IN_UNION = {"true or false": "a boolean"}
+_SCALAR_TAGS = {"bool", "str", "int", "float", "none"}  # pydantic's names of union branches
+
+
+def problems(error: ValidationError, root: Any) -> list[str]:
+    """One line per problem of `error` (raised validating `root`), each naming its field path;
+    the branches of a union that all refused a value make one problem."""
+    lines: list[str | tuple[str, list[str], str]] = []  # a line, or a union's (path, ...)
+    unions: dict[str, list[str]] = {}  # path -> what each union branch expected
+    for item in error.errors(include_url=False):
+        kind, loc = item["type"], item["loc"]
+        if loc[-1:] == ("[key]",) or kind == "invalid_key":  # a mapping's key
+            path = _walk(root, loc[: -2 if kind != "invalid_key" else -1])[0]
+            lines.append(_line(path, f"keys must be strings, got {_show(item['input'])}"))
+        elif kind == "unexpected_positional_argument":
+            path = _walk(root, loc[:-1])[0]
+            lines.append(_line(path, f"too many arguments: {_show(item['input'])} is left over"))
+        elif kind in _UNKNOWN:
+            path, parent, _ = _walk(root, loc[:-1])
+            lines.append(_line(path, _unknown(str(loc[-1]), _fields(parent))))
         else:
-            _check_type(value, fields[name].type, f"{where}.{name}")
-        values[name] = value
-    try:
-        return cls(**values)
-    except ConfigError as error:
-        raise ConfigError(f"{where}: {error}") from error
+            path, _, branch = _walk(root, loc)
+            if not (branch and kind in _EXPECTED):
+                lines.append(_line(path, _message(item)))
+            elif path in unions:
+                unions[path].append(_EXPECTED[kind])
+            else:
+                unions[path] = [_EXPECTED[kind]]
+                lines.append((path, unions[path], _show(item["input"])))
+    result: list[str] = []
+    for line in lines:
+        if isinstance(line, tuple):
+            path, expected, got = line
+            either = " or ".join(dict.fromkeys(_IN_UNION.get(e, e) for e in expected))
+            line = _line(path, f"expected {either}, got {got}")
+        if line not in result:
+            result.append(line)
+    return result
 
 
-# the Python types each leaf annotation of the config classes admits (a bool is no int here)
-_LEAF_TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,),
-    "Placement": (str,),
-    "str | None": (str, type(None)),
-    "int | None": (int, type(None)),
-    "bool | str | None": (bool, str, type(None)),
-    "dict[str, Any]": (dict,),
-    "dict[str, Any] | None": (dict, type(None)),
-}
+def _line(path: str, message: str) -> str:
+    if not path:
+        return message
+    return f"{path} {message}" if message.startswith("must ") else f"{path}: {message}"
 
 
-def _check_type(value: Any, annotation: str, where: str) -> None:
-    allowed = _LEAF_TYPES[annotation]
-    if isinstance(value, bool) and bool not in allowed:
-        allowed = ()
-    if not isinstance(value, allowed):
-        raise ConfigError(f"{where} must be {annotation}, got {value!r}")
-    if isinstance(value, dict) and not all(isinstance(key, str) for key in value):
-        raise ConfigError(f"{where}: every key must be a string, got {list(value)!r}")
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
-_NESTED: dict[tuple[str, str], type] = {
-    ("ModelConfig", "vision"): VisionConfig,
-    ("ModelConfig", "llm"): LLMConfig,
-    ("ModelConfig", "tokenizer"): TokenizerConfig,
-    ("VisionConfig", "encoders"): EncoderSpec,
-}
+def _unknown(name: str, fields: dict[str, Any] | None) -> str:
+    known = list(fields or ())
+    # the closest field, else the longest that starts the name (`lrate`: `lr`)
+    prefixes = sorted((k for k in known if len(k) > 1 and name.startswith(k)), key=len)
+    hints = difflib.get_close_matches(name, known, n=1) or prefixes[-1:]
+    if hints:
+        return f"unknown field {name!r} (did you mean {hints[0]!r}?)"
+    if 0 < len(known) <= 8:
+        return f"unknown field {name!r} (fields: {', '.join(known)})"
+    return f"unknown field {name!r}"
+
+
+def _message(item: dict[str, Any]) -> str:
+    kind, ctx, got = item["type"], item.get("ctx") or {}, _show(item["input"])
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {got}"
+    if kind in _MISSING:
+        return "field required"
+    if kind == "literal_error":
+        return f"must be {ctx['expected']}, got {got}"
+    if kind == "finite_number":
+        return f"must be a finite number, got {got}"
+    if kind == "greater_than":
+        bound = ctx["gt"]
+        return f"must be {'positive' if bound == 0 else f'greater than {bound}'}, got {got}"
+    if kind == "greater_than_equal":
+        bound = ctx["ge"]
+        return f"must be {'>= 0' if bound == 0 else f'at least {bound}'}, got {got}"
+    if kind == "less_than":
+        return f"must be less than {ctx['lt']}, got {got}"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx['le']}, got {got}"
+    if kind in ("too_short", "too_long"):
+        bound = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
+        return (
+            f"must have {'at least' if kind == 'too_short' else 'at most'} {bound} item(s), "
+            f"got {ctx.get('actual_length')}"
+        )
+    message = item["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message
+
+
+def _walk(root: Any, loc: tuple[Any, ...]) -> tuple[str, Any, bool]:
+    """The display path of `loc` under the type `root` (`vision.encoders[1].image_size`), the type
+    found there (None where unknown), and whether `loc` ended in a union's branch."""
+    kind, path, branch = root, "", False
+    for key in loc:
+        kind = _strip(kind)
+        members = _members(kind)
+        if members is not None:
+            named = [m for m in members if getattr(m, "__name__", None) == key]
+            if key in _SCALAR_TAGS or named:  # the union branch that refused the value
+                kind, branch = (named[0] if named else None), True
+                continue
+            shaped = [m for m in members if _fields(m) is not None]
+            kind = shaped[0] if len(shaped) == 1 else None
+        fields = _fields(kind)
+        if isinstance(key, int) and fields is not None:  # a positional argument
+            key = list(fields)[key] if key < len(fields) else key
+        if isinstance(key, int):
+            path += f"[{key}]"
+            kind = _item_type(kind, key)
+        else:
+            path = f"{path}.{key}" if path else str(key)
+            kind = fields.get(key) if fields is not None else _item_type(kind, key)
+        branch = False
+    kind = _strip(kind)
+    shaped = [m for m in _members(kind) or () if _fields(m) is not None]
+    return path, shaped[0] if len(shaped) == 1 else kind, branch
+
+
+def _strip(kind: Any) -> Any:
+    """`kind` without `Annotated` metadata, and `X | None` as `X`."""
+    while True:
+        if get_origin(kind) is Annotated:
+            kind = get_args(kind)[0]
+            continue
+        members = [m for m in get_args(kind) if m is not type(None)]
+        if _is_union(kind) and len(members) == 1:
+            kind = members[0]
+            continue
+        return kind
+
+
+def _is_union(kind: Any) -> bool:
+    return get_origin(kind) in (typing.Union, types.UnionType)
+
+
+def _members(kind: Any) -> list[Any] | None:
+    if not _is_union(kind):
+        return None
+    return [_strip(m) for m in get_args(kind) if m is not type(None)]
+
+
+def _fields(kind: Any) -> dict[str, Any] | None:
+    """Field name -> type of a pydantic dataclass or a TypedDict; None for anything else."""
+    if isinstance(kind, type) and hasattr(kind, "__pydantic_fields__"):
+        return {name: info.annotation for name, info in kind.__pydantic_fields__.items()}
+    if typing_extensions.is_typeddict(kind):
+        return typing.get_type_hints(kind)
+    return None
+
+
+def _item_type(kind: Any, key: Any) -> Any:
+    origin, args = get_origin(kind), get_args(kind)
+    if origin is tuple and args:
+        return args[0] if args[-1] is Ellipsis or not isinstance(key, int) else args[key]
+    if origin in (list, set, frozenset) and args:
+        return args[0]
+    if origin is dict and len(args) == 2:
+        return args[1]
+    return None

@@ -33,46 +33,50 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from pydantic import Field, StrictBool, StrictInt, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic_core import PydanticCustomError
 from torch import nn
 
 from sphinx_mllm.data.readers.coco import CocoFile, CocoObject
+from sphinx_mllm.pipeline.config import CONFIG, Number, config_errors
 
 
-@dataclass
+@config_errors(label="grounding")
+@pydantic_dataclass(config=CONFIG)
 class GroundingConfig:
     """Where the boxes are and how long to train. `eval_instances` (optional) is a held-out
-    instances file whose objects are scored after training."""
+    instances file whose objects are scored after training. Checked when made (a `ConfigError`
+    names the field)."""
 
     instances: Path
     images: Path
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 1e-3
+    steps: StrictInt = 300
+    batch_size: StrictInt = 32
+    lr: Annotated[Number, Field(gt=0)] = 1e-3
     eval_instances: Path | None = None
     eval_images: Path | None = None
-    dense: bool = False
-    box_weight: float = 0.0
-    supercategory_weight: float = 0.0
+    dense: StrictBool = False
+    box_weight: Annotated[Number, Field(ge=0)] = 0.0
+    supercategory_weight: Annotated[Number, Field(ge=0)] = 0.0
 
-    def __post_init__(self) -> None:
-        self.instances = Path(self.instances)
-        self.images = Path(self.images)
-        self.eval_instances = Path(self.eval_instances) if self.eval_instances else None
-        self.eval_images = Path(self.eval_images) if self.eval_images else None
-        for name in ("steps", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"grounding {name} must be a positive int, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"grounding lr must be positive, got {self.lr!r}")
-        for name in ("box_weight", "supercategory_weight"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"grounding {name} must be >= 0, got {getattr(self, name)!r}")
+    @field_validator("steps", "batch_size")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            message = "must be a positive int, got {got}"
+            raise PydanticCustomError("positive_int", message, {"got": value})
+        return value
+
+    @field_validator("eval_instances", "eval_images", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return value or None
 
 
 Box = tuple[float, float, float, float]

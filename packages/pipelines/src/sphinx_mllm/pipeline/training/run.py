@@ -22,15 +22,29 @@ first pretrained on the synthetic objects' boxes (`grounding`), then frozen whil
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
+from pydantic import AfterValidator, BeforeValidator, PlainValidator, StrictInt, with_config
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
+from typing_extensions import NotRequired, TypedDict
 
-from sphinx_mllm.pipeline.config import ModelConfig, set_path
+from sphinx_mllm.pipeline.config import (
+    CONFIG,
+    ConfigError,
+    ModelConfig,
+    Number,
+    PositiveInt,
+    config_errors,
+    set_path,
+    validate,
+)
 from sphinx_mllm.pipeline.training.data import DataSource
 from sphinx_mllm.pipeline.training.grounding import GroundingConfig
 from sphinx_mllm.pipeline.training.trainer import TrainConfig
@@ -52,66 +66,149 @@ DEMO_SYNTHETIC = {"seed": 0, "train": 3000, "val": 50, "multi_round": 1}
 # (about 40 s) teaches them shape as well as colour, which the MLLM's loss alone does not
 DEMO_GROUNDING = {"steps": 300, "batch_size": 32, "lr": 1e-3}
 GROUNDING_PATHS = ("instances", "images", "eval_instances", "eval_images")
-ON_ERROR = ("raise", "skip")
+OnError = Literal["raise", "skip"]
+ON_ERROR: tuple[str, ...] = get_args(OnError)
+_GROUNDING_FIELDS = [f.name for f in dataclasses.fields(GroundingConfig)]
 
 
-@dataclass
+def _model_spec(value: Any) -> Any:
+    """A preset name or config file (kept as given), a `ModelConfig`, or a mapping that is a
+    whole `ModelConfig` (checked, and kept as the mapping it is)."""
+    if isinstance(value, str | ModelConfig):
+        return value
+    if isinstance(value, dict):
+        ModelConfig.__pydantic_validator__.validate_python(value)  # its problems, under model.
+        return value
+    raise PydanticCustomError(
+        "model_spec",
+        "expected a preset name, a model config file or a model config mapping, got {got}",
+        {"got": repr(value)[:60]},
+    )
+
+
+def _source_specs(value: Any) -> Any:
+    """Data sources as plain data: a `FILE[:WEIGHT]` spec or a mapping of `DataSource` fields
+    each; none at all is an empty list."""
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return [DataSource.spec_fields(item) if isinstance(item, str) else item for item in value]
+    return value
+
+
+def _none_is_empty(value: Any) -> Any:
+    return {} if value is None else value
+
+
+def _known_grounding_fields(value: Any) -> Any:
+    """Some `GroundingConfig` fields, checked as that class checks them (the synthetic demo
+    supplies the instances and images itself)."""
+    if not isinstance(value, dict):
+        raise PydanticCustomError("dict_type", "expected a mapping")
+    unknown = sorted(set(value) - set(_GROUNDING_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"Unknown grounding field(s) {unknown}{_hint(unknown, _GROUNDING_FIELDS)}; expected "
+            f"some of {sorted(_GROUNDING_FIELDS)}"
+        )
+    placeholders = {"instances": ".", "images": "."}
+    GroundingConfig.__pydantic_validator__.validate_python(placeholders | value)
+    return dict(value)
+
+
+def _known_tasks(value: Any) -> Any:
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(DEMO_TASK_WEIGHTS))
+        if unknown:
+            raise ValueError(
+                f"Unknown synthetic task(s) {unknown}{_hint(unknown, DEMO_TASK_WEIGHTS)}; "
+                f"expected some of {sorted(DEMO_TASK_WEIGHTS)}"
+            )
+    return value
+
+
+def _some_task_weighted(weights: dict[str, float]) -> dict[str, float]:
+    if any(weight < 0 for weight in weights.values()) or not any(
+        weight > 0 for weight in (DEMO_TASK_WEIGHTS | weights).values()
+    ):
+        raise ValueError(
+            f"must be >= 0 (0 leaves a task out) with some task above 0, got {weights!r}"
+        )
+    return weights
+
+
+def _hint(unknown: list[str], known) -> str:
+    hints = sorted({m for key in unknown for m in difflib.get_close_matches(key, known, n=2)})
+    return f" (did you mean {' or '.join(map(repr, hints))}?)" if hints else ""
+
+
+@with_config(CONFIG)
+class SyntheticSettings(TypedDict):
+    """The demo's synthetic data (`sphinx_mllm.data.cli.synth`): its seed, the number of train
+    and held-out images, and whether an image's training questions are one conversation."""
+
+    seed: StrictInt
+    train: PositiveInt
+    val: PositiveInt
+    multi_round: NotRequired[StrictInt]
+
+
+ModelSpec = Annotated[str | ModelConfig | dict[str, Any], PlainValidator(_model_spec)]
+Sources = Annotated[list[DataSource], BeforeValidator(_source_specs)]
+TaskWeights = Annotated[
+    dict[str, Number], BeforeValidator(_known_tasks), AfterValidator(_some_task_weighted)
+]
+GroundingSettings = Annotated[dict[str, Any], BeforeValidator(_known_grounding_fields)]
+
+
+@config_errors
+@dataclass(config=CONFIG)
 class RunConfig:
-    """Everything a training run needs."""
+    """Everything a training run needs, typed and checked when made or read: a `ConfigError`
+    names every problem by its field path (`train.max_steps: expected an integer, got 'ten'`)."""
 
-    model: Any = "demo"
-    data: list[DataSource] = field(default_factory=list)
-    eval: list[DataSource] = field(default_factory=list)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval_limit: int | None = None
-    curve_limit: int | None = 40  # records per held-out source scored every train.eval_every
-    synthetic: dict[str, int] | None = None  # the demo's data (seed, train, val, multi_round)
-    task_weights: dict[str, float] | None = None  # the synthetic tasks' mixture (DEMO_TASK_WEIGHTS)
+    model: ModelSpec = "demo"  # a preset, a config YAML path, or a whole ModelConfig (mapping)
+    data: Sources = field(default_factory=list)
+    eval: Sources = field(default_factory=list)
+    train: Annotated[TrainConfig, BeforeValidator(_none_is_empty)] = field(
+        default_factory=TrainConfig
+    )
+    eval_limit: PositiveInt | None = None
+    curve_limit: PositiveInt | None = 40  # records per held-out source scored every eval_every
+    synthetic: SyntheticSettings | None = None  # the demo's data (seed, train, val, multi_round)
+    task_weights: TaskWeights | None = None  # the synthetic tasks' mixture (DEMO_TASK_WEIGHTS)
     # GroundingConfig fields; the synthetic demo supplies the instances and images itself
-    grounding: dict[str, Any] | None = None
+    grounding: GroundingSettings | None = None
     # a record that cannot be used (malformed, missing or unreadable image): stop at the first
     # ("raise") or drop each and count it by reason in the data summary ("skip")
-    on_error: str = "raise"
-
-    def __post_init__(self) -> None:
-        if self.on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
+    on_error: OnError = "raise"
 
     @classmethod
     def from_yaml_file(cls, path: Path) -> RunConfig:
+        """The run a YAML file describes; its relative paths are relative to the file's folder,
+        and its problems are named with the file."""
         if not path.is_file():
             raise FileNotFoundError(f"No training config at {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from error
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: a training config is a mapping")
-        return cls.from_dict(data, base=path.parent)
+            raise ConfigError(f"{path}: a training config is a mapping, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data, base=path.parent)
+        except ConfigError as error:
+            raise error.within(str(path)) from error
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path = Path(".")) -> RunConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"Unknown training config field(s) {unknown}; expected {sorted(known)}"
-            )
-        train = data.get("train") or {}
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        if set(train) - fields:
-            raise ValueError(
-                f"Unknown train field(s) {sorted(set(train) - fields)}; expected {sorted(fields)}"
-            )
-        return cls(
-            model=data.get("model", "demo"),
-            data=[_source(item, base) for item in data.get("data") or []],
-            eval=[_source(item, base) for item in data.get("eval") or []],
-            train=TrainConfig(**train),
-            eval_limit=data.get("eval_limit"),
-            curve_limit=data.get("curve_limit", 40),
-            synthetic=data.get("synthetic"),
-            task_weights=_task_weights(data.get("task_weights")),
-            grounding=_grounding(data.get("grounding"), base),
-            on_error=data.get("on_error", "raise"),
-        )
+        """The run plain data describes, its relative data and grounding paths relative to
+        `base`; every problem is named by its path in one `ConfigError`."""
+        run = validate(cls, data)
+        run.data = [_resolved(source, base) for source in run.data]
+        run.eval = [_resolved(source, base) for source in run.eval]
+        run.grounding = _grounding_paths(run.grounding, base)
+        return run
 
     def to_dict(self) -> dict[str, Any]:
         model = self.model.to_dict() if isinstance(self.model, ModelConfig) else self.model
@@ -256,34 +353,10 @@ def grounding_config(run: RunConfig, run_dir: Path) -> GroundingConfig | None:
     return GroundingConfig(**settings)
 
 
-def _known_mapping(item: Any, key: str, kind: str, known) -> dict[str, Any] | None:
-    """`item` as a mapping whose keys are all `known` (None stays None)."""
-    if item is None:
-        return None
-    if not isinstance(item, dict):
-        raise ValueError(f"{key} is a mapping of {kind}s {sorted(known)}, got {item!r}")
-    unknown = sorted(set(item) - set(known))
-    if unknown:
-        raise ValueError(f"Unknown {kind}(s) {unknown} in {key}; expected some of {sorted(known)}")
-    return dict(item)
-
-
-def _task_weights(item: Any) -> dict[str, float] | None:
-    weights = _known_mapping(item, "task_weights", "synthetic task", DEMO_TASK_WEIGHTS)
-    if weights is None:
-        return None
-    weights = {task: float(weight) for task, weight in weights.items()}
-    if any(weight < 0 for weight in weights.values()) or not any(
-        weight > 0 for weight in (DEMO_TASK_WEIGHTS | weights).values()
-    ):
-        raise ValueError(f"task_weights must be >= 0 (0 leaves a task out), got {item!r}")
-    return weights
-
-
-def _grounding(item: Any, base: Path) -> dict[str, Any] | None:
-    settings = _known_mapping(item, "grounding", "grounding field", _GROUNDING_FIELDS)
+def _grounding_paths(settings: dict[str, Any] | None, base: Path) -> dict[str, Any] | None:
     if settings is None:
         return None
+    settings = dict(settings)
     for key in GROUNDING_PATHS:
         if settings.get(key) is not None:
             path = Path(settings[key])
@@ -291,27 +364,7 @@ def _grounding(item: Any, base: Path) -> dict[str, Any] | None:
     return settings
 
 
-_GROUNDING_FIELDS = [f.name for f in dataclasses.fields(GroundingConfig)]
-
-
-def _source(item: Any, base: Path) -> DataSource:
-    if isinstance(item, str):
-        source = DataSource.parse(item)
-    elif isinstance(item, dict):
-        unknown = set(item) - {"path", "weight", "images", "images_outside_root"}
-        if unknown or not isinstance(item.get("path"), str):
-            raise ValueError(
-                f"A data entry has path, weight, images and images_outside_root; got {item!r}"
-            )
-        images = item.get("images")
-        source = DataSource(
-            Path(item["path"]),
-            item.get("weight", 1.0),
-            Path(images) if images else None,
-            item.get("images_outside_root", False),
-        )
-    else:
-        raise ValueError(f"A data entry is a path or a mapping, got {item!r}")
+def _resolved(source: DataSource, base: Path) -> DataSource:
     path = source.path if source.path.is_absolute() else base / source.path
     images = source.images
     if images is not None and not images.is_absolute():

@@ -22,12 +22,16 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import torch
+from pydantic import AfterValidator, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic_core import PydanticCustomError
 from torch import nn
 
 from sphinx_mllm.core.outputs import atomic_file
+from sphinx_mllm.pipeline.config import CONFIG, Number, PositiveInt, config_errors, field_problem
 from sphinx_mllm.pipeline.stages import STAGES, Stage, apply_stage, get_stage
 from sphinx_mllm.pipeline.training.data import TrainingData
 from sphinx_mllm.pipeline.training.distributed import Distributed, no_sync
@@ -38,7 +42,8 @@ from sphinx_mllm.pipeline.training.state import (
     save_training_checkpoint,
 )
 
-PRECISIONS = ("auto", "bf16", "fp32")
+Precision = Literal["auto", "bf16", "fp32"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 METRICS_FILE = "metrics.jsonl"
 EVAL_CURVE_FILE = "eval_curve.jsonl"  # {"step", "seconds", "tasks": {task: {"score", ...}}}
 
@@ -47,51 +52,62 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left as it was."""
 
 
-@dataclass
+def _off_or_positive(value: int) -> int:
+    if value < 0:
+        message = "must be 0 (off) or positive, got {got}"
+        raise PydanticCustomError("off_or_positive", message, {"got": value})
+    return value
+
+
+OffOrCount = Annotated[StrictInt, AfterValidator(_off_or_positive)]  # 0 = off
+NonNegative = Annotated[Number, Field(ge=0)]
+
+
+@config_errors
+@pydantic_dataclass(config=CONFIG)
 class TrainConfig:
     """How to train. `global_batch_size` samples per optimisation step over all processes;
     `micro_batch_size` (per process, 0 = all at once) sets gradient accumulation;
     `max_minutes` (0 = none) ends the run early, with a checkpoint, when time is up;
     `eval_every` (0 = never) scores the held-out data every so many steps, for learning curves
-    (the time it takes does not count against `max_minutes`)."""
+    (the time it takes does not count against `max_minutes`). A stage that is not one of
+    `STAGES` needs `trainable` patterns. Checked when made (a `ConfigError` names the field)."""
 
-    stage: str = "finetune"
-    trainable: list[str] | None = None
-    max_steps: int = 1000
-    max_minutes: float = 0.0
-    global_batch_size: int = 32
-    micro_batch_size: int = 0
-    lr: float = 2e-5
-    min_lr: float = 0.0
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    clip_grad_norm: float = 2.0
-    precision: str = "auto"
-    gradient_checkpointing: bool = False
-    max_length: int = 1024
-    checkpoint_every: int = 0
-    keep_last: int = 2
-    eval_every: int = 0
-    seed: int = 0
-    lora_rank: int = 16
-    lora_alpha: int = 32
+    stage: StrictStr = "finetune"
+    trainable: list[StrictStr] | None = None
+    max_steps: PositiveInt = 1000
+    max_minutes: NonNegative = 0.0
+    global_batch_size: PositiveInt = 32
+    micro_batch_size: Annotated[StrictInt, Field(ge=0)] = 0
+    lr: Annotated[Number, Field(gt=0)] = 2e-5
+    min_lr: NonNegative = 0.0
+    warmup_steps: Annotated[StrictInt, Field(ge=0)] = 0
+    weight_decay: NonNegative = 0.0
+    betas: tuple[Annotated[Number, Field(ge=0, lt=1)], Annotated[Number, Field(ge=0, lt=1)]] = (
+        0.9,
+        0.95,
+    )
+    clip_grad_norm: NonNegative = 2.0  # 0 = no clipping
+    precision: Precision = "auto"
+    gradient_checkpointing: StrictBool = False
+    max_length: PositiveInt = 1024
+    checkpoint_every: OffOrCount = 0
+    keep_last: Annotated[StrictInt, Field(ge=0)] = 2  # 0 = keep every checkpoint
+    eval_every: OffOrCount = 0
+    seed: StrictInt = 0
+    lora_rank: PositiveInt = 16
+    lora_alpha: PositiveInt = 32
 
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+    @model_validator(mode="after")
+    def _known_stage(self) -> TrainConfig:
         if self.stage not in STAGES and self.trainable is None:
-            raise ValueError(
+            raise field_problem(
+                "stage",
                 f"Unknown stage {self.stage!r}; expected one of {sorted(STAGES)} (or give "
-                "trainable patterns for a custom stage)"
+                "trainable patterns for a custom stage)",
+                self.stage,
             )
-        for name in ("max_steps", "global_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("checkpoint_every", "eval_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be 0 (off) or positive, got {getattr(self, name)}")
-        self.betas = tuple(self.betas)
+        return self
 
     @property
     def resolved_stage(self) -> Stage:
