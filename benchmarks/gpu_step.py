@@ -84,18 +84,16 @@ def require_device(name: str) -> torch.device:
 
 
 def make_batch(model: SphinxModel, batch: int, text: int, device: torch.device) -> Batch:
-    """`[BOS] + text` per sample (placeholder placement: with the image-token run after BOS);
-    the second half of the text is labelled."""
+    """`[BOS] + image-token run + text` per sample (the form the processor gives, whichever the
+    placement); the second half of the text is labelled."""
     visual = model.num_visual_tokens()
     vocab = model.llm.get_input_embeddings().num_embeddings
     text_ids = torch.randint(3, vocab, (batch, text - 1))
     text_ids[text_ids == model.image_token_id] = 3
     bos_id = 1 if model.bos_token_id is None else model.bos_token_id
     bos = torch.full((batch, 1), bos_id, dtype=torch.long)
-    parts = [bos, text_ids]
-    if model.placement == "placeholder":
-        parts.insert(1, torch.full((batch, visual), model.image_token_id, dtype=torch.long))
-    input_ids = torch.cat(parts, dim=1)
+    image = torch.full((batch, visual), model.image_token_id, dtype=torch.long)
+    input_ids = torch.cat([bos, image, text_ids], dim=1)
     labels = input_ids.clone()
     labels[:, : input_ids.shape[1] - text // 2] = IGNORE_INDEX
     side = model.visual.splitter.base_size

@@ -141,10 +141,10 @@ def test_image_paths_may_not_leave_the_image_root(tmp_path, demo_model):
     for name in ("../outside.png", str(tmp_path / "outside.png")):
         file = _write_jsonl(tmp_path / "train.jsonl", [_record(0, image=name)])
         with pytest.raises(ValueError, match=r"image root|absolute path") as raised:
-            TrainingData.build(demo_model, [DataSource(file, 1.0, root)])
+            TrainingData.build(demo_model.processor, [DataSource(file, 1.0, root)])
         assert str(file) in str(raised.value) and name in str(raised.value)
         allowed = DataSource(file, 1.0, root, images_outside_root=True)
-        assert TrainingData.build(demo_model, [allowed]).report.kept == {"train": 1}
+        assert TrainingData.build(demo_model.processor, [allowed]).report.kept == {"train": 1}
 
 
 @pytest.mark.parametrize("content", [None, b"", b"\x89PNG\r\n\x1a\n broken", b"GIF89a"])
@@ -158,10 +158,12 @@ def test_a_missing_or_corrupt_image_is_named_when_the_data_loads(tmp_path, demo_
         tmp_path / "train.jsonl", [_record(0), _record(1, image="bad.png"), _record(2)]
     )
     with pytest.raises(ValueError) as raised:
-        TrainingData.build(demo_model, [DataSource(file, 1.0, root)])
+        TrainingData.build(demo_model.processor, [DataSource(file, 1.0, root)])
     assert str(file) in str(raised.value) and str(root / "bad.png") in str(raised.value)
     assert "'r1'" in str(raised.value)
-    skipped = TrainingData.build(demo_model, [DataSource(file, 1.0, root)], on_error="skip")
+    skipped = TrainingData.build(
+        demo_model.processor, [DataSource(file, 1.0, root)], on_error="skip"
+    )
     assert skipped.report.kept == {"train": 2}
     assert skipped.report.dropped == {"train: missing or unreadable image": 1}
 
@@ -173,9 +175,11 @@ def test_invalid_conversations_are_named_or_skipped_and_counted(tmp_path, demo_m
     invalid = {"id": "bad", "conversations": [{"from": "gpt", "value": "an answer first"}]}
     only_invalid = _write_jsonl(tmp_path / "invalid.jsonl", [invalid, invalid | {"id": "bad2"}])
     with pytest.raises(ConversationError, match="bad"):
-        TrainingData.build(demo_model, [DataSource(only_invalid, 1.0, root)])
+        TrainingData.build(demo_model.processor, [DataSource(only_invalid, 1.0, root)])
     mixed = _write_jsonl(tmp_path / "mixed.jsonl", [_record(0), invalid, _record(1)])
-    report = TrainingData.build(demo_model, [DataSource(mixed, 1.0, root)], on_error="skip").report
+    report = TrainingData.build(
+        demo_model.processor, [DataSource(mixed, 1.0, root)], on_error="skip"
+    ).report
     assert report.kept == {"mixed": 2}
     assert report.dropped == {"mixed: conversation cannot be rendered": 1}
 

@@ -27,12 +27,14 @@ def test_round_trip_gives_identical_logits(tmp_path):
     loaded = SphinxModel.from_pretrained(tmp_path / "ckpt")
     ids, views = _inputs()
     assert torch.equal(model(ids, views).logits, loaded(ids, views).logits)
-    assert loaded.config == model.config
+    assert loaded.config.replace(**{"llm.config": None}) == model.config
+    assert loaded.config.llm.config["num_hidden_layers"] == model.llm.config.num_hidden_layers
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
         ".sphinx-output.json",  # the marker that lets a later save with overwrite replace it
         "checkpoint.json",
         "config.yaml",
         "model.safetensors",
+        "processor_config.json",
     ]
 
 
@@ -125,3 +127,39 @@ def test_a_truncated_weights_file_is_refused(tmp_path):
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match=r"model\.safetensors"):
         SphinxModel.from_pretrained(tmp_path / "ckpt")
+
+
+def test_an_llm_given_as_an_object_comes_back_as_the_same_architecture(tmp_path):
+    """Non-default rope_theta, grouped-query attention and tied embeddings: the checkpoint
+    saves the LLM's whole config, not the preset name the model config carries."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    architecture = LlamaConfig(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=256, rope_theta=500000.0, tie_word_embeddings=True,
+    )  # fmt: skip
+    model = build_model(tiny_config(), components={"llm": LlamaForCausalLM(architecture)})
+    assert model.config.llm.name == "tiny_llama"  # what a rebuild from the name would give
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = SphinxModel.from_pretrained(tmp_path / "ckpt")
+    ids, views = _inputs()
+    assert torch.equal(model(ids, views).logits, loaded(ids, views).logits)
+    config = loaded.llm.config
+    assert config.rope_parameters["rope_theta"] == 500000.0
+    assert (config.num_key_value_heads, config.intermediate_size) == (2, 96)
+    assert config.tie_word_embeddings
+    assert loaded.llm.lm_head.weight.data_ptr() == loaded.llm.model.embed_tokens.weight.data_ptr()
+
+
+def test_an_llm_that_transformers_would_not_rebuild_is_refused(tmp_path):
+    from transformers import LlamaForCausalLM
+
+    class MyLlama(LlamaForCausalLM):
+        pass
+
+    base = build_model(tiny_config())
+    model = build_model(tiny_config(), components={"llm": MyLlama(base.llm.config)})
+    with pytest.raises(ValueError, match="The LLM is a MyLlama, but AutoModelForCausalLM builds"):
+        model.save_pretrained(tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 import sphinx_mllm.pipeline.generation as generation
 from sphinx_mllm.pipeline.building import build_model
 from sphinx_mllm.pipeline.cli import app
+from sphinx_mllm.pipeline.processor import SphinxProcessor
 from tests.command_line import sphinx_pipeline
 
 
@@ -86,18 +87,19 @@ def test_help_shows_an_example(command):
 
 def test_chat_keeps_the_conversation_until_exit(image_file, monkeypatch):
     prompts, replies = [], []
-    render_prompt, generate = generation.render_prompt, generation.generate
+    generate = generation.generate
+    processor_call = SphinxProcessor.__call__
 
-    def recording_render(model, turns, **options):
-        prompts.append([dict(turn) for turn in turns])
-        return render_prompt(model, turns, **options)
+    def recording_processor(processor, conversations, images=None, **options):
+        prompts.append([dict(turn) for turn in conversations[0]])
+        return processor_call(processor, conversations, images, **options)
 
     def recording_generate(*args, **options):
         output = generate(*args, **options)
         replies.append(output.texts[0].strip())
         return output
 
-    monkeypatch.setattr(generation, "render_prompt", recording_render)
+    monkeypatch.setattr(SphinxProcessor, "__call__", recording_processor)
     monkeypatch.setattr(generation, "generate", recording_generate)
     result = CliRunner().invoke(
         app,

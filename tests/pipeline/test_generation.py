@@ -1,5 +1,5 @@
-"""Generation for `SphinxModel` (KV cache, left padding, sampling, stopping) and box drawing,
-on the tiny `demo` preset."""
+"""Generation for `SphinxModel` through transformers' `generate` (KV cache, left padding,
+sampling, beams, stopping, streaming) and box drawing, on the tiny `demo` preset."""
 
 import dataclasses
 
@@ -10,14 +10,7 @@ from PIL import Image
 
 from sphinx_mllm.pipeline.building import build_model
 from sphinx_mllm.pipeline.drawing import draw_boxes, find_boxes
-from sphinx_mllm.pipeline.generation import (
-    answer,
-    build_prompt,
-    generate,
-    left_pad,
-    nucleus,
-    render_prompt,
-)
+from sphinx_mllm.pipeline.generation import ReplyStreamer, answer, generate
 
 NO_EOS: list[int] = []  # rows run to max_new_tokens unless a stop string ends them
 
@@ -55,23 +48,24 @@ IMAGES = [_image(40, 30, 0), _image(64, 20, 1)]
 QUESTIONS = ["What color?", "Describe the picture in detail, please."]
 
 
+def _ask(questions):
+    return [[{"from": "human", "value": question}] for question in questions]
+
+
 def _batch(model, questions=QUESTIONS, images=IMAGES):
-    prompts = [
-        build_prompt(model, question, image_size=image.size)
-        for question, image in zip(questions, images, strict=True)
-    ]
-    input_ids, attention_mask = left_pad(prompts, model.pad_token_id)
-    return input_ids, [model.preprocess(image) for image in images], attention_mask
+    inputs = model.processor(_ask(questions), [[image] for image in images], generation=True)
+    return inputs.input_ids, inputs.pixel_values, inputs.attention_mask
 
 
 def test_prompts_reserve_the_visual_tokens_and_end_with_the_assistant_prefix(model):
-    prompt = build_prompt(model, "What color?")
+    inputs = model.processor(_ask(["What color?", "Hi"]), [[IMAGES[0]], []], generation=True)
+    prompt, short = inputs.input_ids.tolist()
     assert prompt.count(model.image_token_id) == model.num_visual_tokens() == 67
     assert prompt[0] == model.bos_token_id and prompt[1] == model.image_token_id
     assert model.tokenizer.decode(prompt).endswith("### Human: What color?\n### Assistant:")
-    input_ids, attention_mask = left_pad([[5, 6, 7], [8]], pad_id=0)
-    assert input_ids.tolist() == [[5, 6, 7], [0, 0, 8]]
-    assert attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    pad = inputs.attention_mask[1].tolist().index(1)
+    assert pad > 67 and short[:pad] == [model.processor.pad_token_id] * pad  # left padded
+    assert inputs.labels is None and inputs.images_per_row == [1, 0]
 
 
 def test_greedy_with_the_cache_matches_recomputing_the_whole_sequence(model):
@@ -111,42 +105,62 @@ def test_a_left_padded_batch_gives_the_tokens_of_each_prompt_alone(model):
         assert batch.texts[row] == alone.texts[0]
 
 
-def test_sampling_is_reproducible_with_a_seeded_generator(model):
+def test_sampling_is_reproducible_with_a_seed_and_leaves_the_global_state(model):
     input_ids, pixels, attention_mask = _batch(model)
 
-    def sample(seed):
-        generator = torch.Generator().manual_seed(seed)
+    def sample(seed, **options):
+        options = {"temperature": 1.0, "top_p": 0.95, **options}
         return generate(
             model, input_ids, pixels, attention_mask=attention_mask, max_new_tokens=12,
-            do_sample=True, temperature=1.0, top_p=0.95, generator=generator,
-            eos_token_id=NO_EOS, stop_strings=None,
+            do_sample=True, seed=seed, eos_token_id=NO_EOS, **options,
         ).sequences  # fmt: skip
 
+    state = torch.random.get_rng_state()
     assert torch.equal(sample(7), sample(7))
     assert not torch.equal(sample(7), sample(8))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    greedy = generate(model, input_ids, pixels, attention_mask=attention_mask, max_new_tokens=12,
+                      eos_token_id=NO_EOS).sequences  # fmt: skip
+    assert torch.equal(sample(3, top_k=1), greedy)  # top-k 1 is greedy
+    assert torch.equal(sample(3, top_p=1e-6), greedy)  # so is a tiny nucleus
 
 
-def test_a_tiny_top_p_samples_the_greedy_tokens(model):
-    input_ids, pixels, attention_mask = _batch(model)
-    greedy = generate(model, input_ids, pixels, attention_mask=attention_mask, max_new_tokens=8)
-    sampled = generate(
-        model, input_ids, pixels, attention_mask=attention_mask, max_new_tokens=8,
-        do_sample=True, top_p=1e-6, generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
-    assert torch.equal(greedy.sequences, sampled.sequences)
+def test_beam_search_and_repetition_penalty_change_the_search(model):
+    input_ids, pixels, attention_mask = _batch(model, QUESTIONS[:1], IMAGES[:1])
+    options = {"attention_mask": attention_mask, "max_new_tokens": 12, "eos_token_id": NO_EOS}
+    greedy = generate(model, input_ids, pixels, **options)
+    with pytest.raises(ValueError, match="Beam search needs an end-of-sequence token"):
+        generate(model, input_ids, pixels, num_beams=4, **options)
+    beams = generate(model, input_ids, pixels, num_beams=4, **{**options, "eos_token_id": 700})
+    assert beams.sequences.shape == (1, 12) and beams.finished_by == ["length"]
+
+    def log_likelihood(sequence):
+        ids = torch.cat([input_ids, sequence], dim=1)
+        with torch.no_grad():
+            logits = model(ids, pixels).logits[:, input_ids.shape[1] - 1 : -1].log_softmax(-1)
+        return float(logits.gather(-1, sequence.unsqueeze(-1)).sum())
+
+    assert log_likelihood(beams.sequences) >= log_likelihood(greedy.sequences) - 1e-4
+    plain = build_model("demo").eval()  # at the usual init a random Llama repeats itself
+    inputs = plain.processor(_ask(QUESTIONS[:1]), [IMAGES[:1]], generation=True)
+    repeating = generate(plain, **inputs, max_new_tokens=12, eos_token_id=NO_EOS)
+    penalised = generate(
+        plain, **inputs, max_new_tokens=12, eos_token_id=NO_EOS, repetition_penalty=50.0
+    )
+    tokens, penalised_tokens = repeating.sequences[0].tolist(), penalised.sequences[0].tolist()
+    assert len(set(penalised_tokens)) > len(set(tokens))
 
 
-def test_nucleus_keeps_the_smallest_set_reaching_top_p():
-    probabilities = torch.tensor([[0.1, 0.5, 0.3, 0.1]])
-
-    def kept(top_p):
-        return (nucleus(probabilities, top_p) > 0).flatten().tolist()
-
-    assert kept(0.5) == [False, True, False, False]
-    assert kept(0.6) == [False, True, True, False]
-    assert kept(1e-9) == [False, True, False, False]
-    assert kept(1.0) == [True, True, True, True]
-    assert torch.equal(nucleus(probabilities, 0.6)[0, 1:3], probabilities[0, 1:3])
+def test_the_reply_streamer_writes_the_text_as_it_comes_without_the_stop_string(model):
+    input_ids, pixels, attention_mask = _batch(model, QUESTIONS[:1], IMAGES[:1])
+    options = {"attention_mask": attention_mask, "max_new_tokens": 16, "eos_token_id": NO_EOS}
+    text = generate(model, input_ids, pixels, **options).texts[0]
+    stop = text[6:8]
+    pieces = []
+    streamer = ReplyStreamer(model.processor, pieces.append, stop_strings=[stop])
+    output = generate(model, input_ids, pixels, stop_strings=[stop], streamer=streamer, **options)
+    assert len(pieces) > 1  # written as it came, not at the end
+    assert "".join(pieces) == output.texts[0] == text[: text.index(stop)]
 
 
 @pytest.mark.parametrize("temperature", [0.0, -0.5])
@@ -179,12 +193,12 @@ def test_a_stop_string_ends_the_row_and_is_cut_from_its_text(model):
     length = int(stopped.lengths[0])
     assert length < 16
     assert stopped.sequences[0].tolist() == full.sequences[0, :length].tolist()
-    template = model.template
-    model.template = dataclasses.replace(template, stop_strings=(stop,))
+    template = model.processor.template
+    model.processor.template = dataclasses.replace(template, stop_strings=(stop,))
     try:
         by_template = generate(model, input_ids, pixels, **options)
     finally:
-        model.template = template
+        model.processor.template = template
     assert by_template.texts == stopped.texts and by_template.finished_by == ["stop"]
 
 
@@ -198,24 +212,28 @@ def test_eos_ends_one_row_while_the_other_continues(model):
     ended = generate(model, input_ids, pixels, eos_token_id=first[at], **options)
     assert ended.finished_by == ["eos", "length"]
     assert ended.lengths.tolist() == [at + 1, 12]
-    assert ended.sequences[0].tolist() == first[: at + 1] + [model.pad_token_id] * (11 - at)
+    pad = model.processor.pad_token_id
+    assert ended.sequences[0].tolist() == first[: at + 1] + [pad] * (11 - at)
     assert ended.sequences[1].tolist() == second
 
 
 def test_prefix_placement_generates_like_images_placed_after_bos(model, prefix_model):
-    prompt = build_prompt(prefix_model, "<image>\nWhat color?")
-    assert model.image_token_id not in prompt  # the model inserts the visual tokens itself
-    assert prompt == build_prompt(prefix_model, "What color?", image_count=0)
+    """Prefix placement deletes `<image>` from the messages and puts the images after BOS: the
+    prompt equals the SPHINX template's own image slot (the placeholder model here)."""
+    processor = prefix_model.processor
+    with_text = processor(_ask(["<image>\nWhat color?"]), [IMAGES[:1]], generation=True)
+    plain = processor(_ask(["What color?"]), [IMAGES[:1]], generation=True)
+    assert torch.equal(with_text.input_ids, plain.input_ids)
     prefix_ids, pixels, prefix_mask = _batch(prefix_model)
     prefix = generate(prefix_model, prefix_ids, pixels, attention_mask=prefix_mask,
                       max_new_tokens=8, eos_token_id=NO_EOS)  # fmt: skip
-    # The SPHINX template puts placeholder images right after BOS: the same sequence.
     ids, _, mask = _batch(model)
+    assert torch.equal(ids, prefix_ids)
     placeholder = generate(model, ids, pixels, attention_mask=mask, max_new_tokens=8,
                            eos_token_id=NO_EOS)  # fmt: skip
     assert torch.equal(prefix.sequences, placeholder.sequences)
-    with pytest.raises(ValueError, match="one image per prompt"):
-        build_prompt(prefix_model, "Compare them.", image_count=2)
+    two = processor(_ask(["Compare them."]), [IMAGES], generation=True).input_ids[0].tolist()
+    assert two[1 : 1 + 2 * 67] == [model.image_token_id] * (2 * 67)
 
 
 def test_generation_runs_in_eval_mode_and_restores_each_training_flag(model):
@@ -249,7 +267,8 @@ def test_a_conversation_prompt_carries_the_earlier_turns(model):
         {"from": "gpt", "value": "Red."},
         {"from": "human", "value": "Sure?"},
     ]
-    text = model.tokenizer.decode(render_prompt(model, turns))
+    sample = model.processor.render(turns, num_images=0, generation=True)
+    text = model.tokenizer.decode(sample.input_ids)
     assert text.endswith(
         "Human: What color?\n### Assistant: Red.\n### Human: Sure?\n### Assistant:"
     )

@@ -32,7 +32,7 @@ def _trainer(root, run_dir, calls, *, resume=False, crash_after=None, max_steps=
     torch.manual_seed(0)
     model = build_model("demo")
     sources = [DataSource(root / "tasks" / "train" / "vqa.jsonl", 1.0, root)]
-    data = TrainingData.build(model, sources, max_length=256)
+    data = TrainingData.build(model.processor, sources, max_length=256)
     config = TrainConfig(
         stage="full", max_steps=max_steps, global_batch_size=4, lr=1e-3, eval_every=2,
         checkpoint_every=2,

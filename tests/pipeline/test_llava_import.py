@@ -183,7 +183,7 @@ def test_the_tokenizer_of_the_directory_is_imported_and_saved(tmp_path):
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     save_llava(
         tmp_path / "hf",
-        text_config=LlamaConfig(**{**TEXT, "vocab_size": 704}),
+        text_config=LlamaConfig(**{**TEXT, "vocab_size": 768}),
         image_token_id=image_token_id,
     )
     tokenizer.save_pretrained(tmp_path / "hf")

@@ -3,9 +3,10 @@ step and generates."""
 
 import pytest
 import torch
+from PIL import Image
 
 from sphinx_mllm.pipeline.building import build_model
-from sphinx_mllm.pipeline.generation import build_prompt, generate, left_pad
+from sphinx_mllm.pipeline.generation import generate
 from sphinx_mllm.pipeline.stages import apply_stage
 from tests.pipeline.conftest import tiny_config
 
@@ -30,17 +31,15 @@ def test_a_swapped_model_trains_one_step_and_generates(swap):
     model = build_model(config.replace(**SWAPS[swap]))
     trainable = apply_stage(model, "finetune")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    prompt = build_prompt(model, "<image>\nWhat colour is the square?")
-    ids = torch.tensor([prompt + model.tokenizer("red</s>")["input_ids"]])
-    labels = ids.clone()
-    labels[:, : len(prompt)] = -100
-    views = torch.rand(1, 1, 3, 32, 32)
+    image = Image.new("RGB", (40, 30), (200, 30, 30))
+    turns = [{"from": "human", "value": "<image>\nWhat colour is the square?"}]
+    batch = model.processor([[*turns, {"from": "gpt", "value": "red"}]], [[image]])
     before = {n: p.detach().clone() for n, p in model.named_parameters() if n in trainable}
-    loss = model(ids, views, labels=labels).loss
+    loss = model(**batch).loss
     loss.backward()
     optimizer.step()
     assert torch.isfinite(loss)
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
-    input_ids, mask = left_pad([prompt], model.pad_token_id)
-    output = generate(model, input_ids, views, attention_mask=mask, max_new_tokens=4)
+    prompt = model.processor([turns], [[image]], generation=True)
+    output = generate(model, **prompt, max_new_tokens=4)
     assert output.sequences.shape[0] == 1 and 1 <= int(output.lengths[0]) <= 4

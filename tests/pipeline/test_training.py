@@ -47,7 +47,7 @@ def _train(root, run, *, resume=False, crash_after=None, changes=PER_SAMPLE_NORM
     """Losses of a run; `crash_after=k` raises after step k (its checkpoint written)."""
     torch.manual_seed(0)
     model = build_model("demo", **changes)
-    data = TrainingData.build(model, _sources(root), max_length=256)
+    data = TrainingData.build(model.processor, _sources(root), max_length=256)
     config = TrainConfig(
         **{"stage": "full", "max_steps": 6, "global_batch_size": 8, "lr": 1e-3, **settings}
     )
@@ -95,7 +95,7 @@ def test_resume_continues_exactly(synthetic, tmp_path):
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic, tmp_path):
     torch.manual_seed(0)
     model = build_model("demo")
-    data = TrainingData.build(model, _sources(synthetic), max_length=256)
+    data = TrainingData.build(model.processor, _sources(synthetic), max_length=256)
     calls = {"n": 0}
 
     def poison(module, args, output):
@@ -231,7 +231,7 @@ def test_text_only_batches_mix_into_pretraining(synthetic, tmp_path):
     torch.manual_seed(0)
     model = build_model("demo")
     sources = [*_sources(synthetic, ("vqa",)), DataSource(text, 1.0)]
-    data = TrainingData.build(model, sources, max_length=256)
+    data = TrainingData.build(model.processor, sources, max_length=256)
     kinds = [{name.split("/")[-1] for name, _ in items} for _, items in data.batches(4).epoch(0)]
     assert {"text-only"} in kinds and {"image-text"} in kinds and all(len(k) == 1 for k in kinds)
 

@@ -17,6 +17,7 @@ from sphinx_mllm.encoders import create_encoder
 from sphinx_mllm.mixer import EncoderStream, VisualStack
 from sphinx_mllm.pipeline.config import ConfigError, ModelConfig
 from sphinx_mllm.pipeline.model import SphinxModel
+from sphinx_mllm.pipeline.processor import SphinxProcessor
 from sphinx_mllm.pipeline.tokenizers import load_tokenizer, resolve_image_token_id
 
 COMPONENT_KEYS = ("visual", "llm", "tokenizer", "encoders", "mixer")
@@ -45,10 +46,14 @@ def build_model(
     *,
     device: torch.device | str | None = None,
     components: dict[str, Any] | None = None,
+    resize_embeddings: bool = False,
     **changes: Any,
 ) -> SphinxModel:
     """The model `config` describes. `changes` override config fields by dotted path
-    (`build_model("demo", **{"llm.overrides.num_hidden_layers": 2})`)."""
+    (`build_model("demo", **{"llm.overrides.num_hidden_layers": 2})`). A tokenizer whose ids do
+    not all fit the LLM's embedding table is an error, unless `resize_embeddings` (or the
+    config's `tokenizer.resize_embeddings`) grows the table (new rows initialised by
+    transformers' `resize_token_embeddings`)."""
     config = resolve_config(config)
     if changes:
         config = config.replace(**changes)
@@ -69,17 +74,52 @@ def build_model(
             visual = build_visual_stack(
                 config, width, device=device, dtype=dtype, components=components
             )
+    image_token_id = resolve_image_token_id(
+        config.tokenizer, tokenizer, llm.get_input_embeddings().num_embeddings
+    )
+    if tokenizer is not None:
+        resize = resize_embeddings or config.tokenizer.resize_embeddings
+        fit_embeddings(llm, tokenizer, image_token_id, resize=resize)
     return SphinxModel(
         visual,
         llm,
-        image_token_id=resolve_image_token_id(
-            config.tokenizer, tokenizer, llm.get_input_embeddings().num_embeddings
-        ),
-        placement=config.placement,
+        image_token_id=image_token_id,
         config=config,
-        tokenizer=tokenizer,
-        template=get_chat_template(config.template),
+        processor=build_processor(config, visual, tokenizer, image_token_id),
     )
+
+
+def build_processor(
+    config: ModelConfig, visual: VisualStack, tokenizer: Any, image_token_id: int
+) -> SphinxProcessor:
+    """The processor of a model built from `config` around the visual stack `visual`."""
+    return SphinxProcessor(
+        tokenizer,
+        get_chat_template(config.template),
+        visual.splitter,
+        tokens_per_view={kind: visual.mixer.num_tokens(kind) for kind in ("global", "tile")},
+        image_token_id=image_token_id,
+        placement=config.placement,
+        splitter_spec=(config.vision.splitter, dict(config.vision.splitter_options)),
+    )
+
+
+def fit_embeddings(llm: Any, tokenizer: Any, image_token_id: int, *, resize: bool) -> None:
+    """Check that every id the tokenizer gives text (all but the image token, whose positions
+    are overwritten by visual tokens) has a row in the LLM's embedding table; `resize` grows the
+    table instead of refusing."""
+    rows = llm.get_input_embeddings().num_embeddings
+    text_ids = [i for i in tokenizer.get_vocab().values() if i != image_token_id]
+    needed = max(text_ids, default=-1) + 1
+    if needed <= rows:
+        return
+    if not resize:
+        raise ConfigError(
+            f"The tokenizer has {len(tokenizer)} tokens (text ids up to {needed - 1}) but the "
+            f"LLM's embedding table has {rows} rows: set llm.overrides.vocab_size to at least "
+            f"{needed}, or set tokenizer.resize_embeddings: true to grow the table"
+        )
+    llm.resize_token_embeddings(needed)
 
 
 @contextmanager

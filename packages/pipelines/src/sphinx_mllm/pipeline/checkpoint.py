@@ -2,10 +2,13 @@
 
 A checkpoint directory holds
 
-- `config.yaml`: the fully resolved `ModelConfig` (every component by registry name and arguments);
+- `config.yaml`: the fully resolved `ModelConfig` (every component by registry name and arguments),
+  with the LLM's whole transformers config (`llm.config`): the checkpoint rebuilds the same
+  architecture whether the LLM came from a preset, a directory or a Python object;
 - `model.safetensors`, or shards `model-0000k-of-0000n.safetensors` with
   `model.safetensors.index.json`: the weights, by `SphinxModel` parameter name;
-- `tokenizer/`: the tokenizer files, when the model has a tokenizer;
+- `processor_config.json` and `tokenizer/`: the model's `SphinxProcessor` (chat template in full,
+  placement, image token, view splitter, visual tokens per view) and its tokenizer files;
 - `checkpoint.json`: the format version, the tensors left out because they are tied to another
   (`lm_head.weight` to the embeddings) and the frozen pretrained encoders referenced by their
   source instead of copied (rebuilt from that source on loading).
@@ -35,10 +38,10 @@ from sphinx_mllm.llm.merging.writer import (
 )
 from sphinx_mllm.pipeline.config import ConfigError, ModelConfig
 from sphinx_mllm.pipeline.model import SphinxModel
+from sphinx_mllm.pipeline.processor import PROCESSOR_FILE, TOKENIZER_DIR, SphinxProcessor
 
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "checkpoint.json"
-TOKENIZER_DIR = "tokenizer"
 FORMAT_VERSION = 1
 WRITER = "sphinx-pipeline"  # the marker an earlier checkpoint must carry to be replaced
 DEFAULT_SHARD_BYTES = 5 * 1024**3
@@ -65,14 +68,15 @@ def save_pretrained(
             "This SphinxModel has no ModelConfig (it was assembled from parts by hand), so a "
             "checkpoint could not describe it; build it with build_model(config, components=...)"
         )
+    config = config_to_save(model)
     referenced = _referenced_encoders(model) if reference_frozen_encoders else {}
     tensors, tied = _unique_tensors(model, skip_prefixes=tuple(f"{p}." for p in referenced))
     output = AtomicOutputDirectory(directory, writer=WRITER, force=overwrite, inputs=inputs)
     try:
-        model.config.save(output.path / CONFIG_FILE)
-        _write_weights(output.path, tensors, shard_bytes, model.config)
-        if model.tokenizer is not None:
-            model.tokenizer.save_pretrained(output.path / TOKENIZER_DIR)
+        config.save(output.path / CONFIG_FILE)
+        _write_weights(output.path, tensors, shard_bytes, config)
+        if model.processor is not None:
+            model.processor.save_pretrained(output.path)
         manifest = {
             "format_version": FORMAT_VERSION,
             "tied": tied,
@@ -85,6 +89,47 @@ def save_pretrained(
     except BaseException:
         output.abort()
         raise
+
+
+# transformers config entries that say where a config came from or what a forward returns, not
+# the architecture (the dtype is the ModelConfig's)
+_NOT_ARCHITECTURE = (
+    "transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures",
+    "id2label", "label2id", "problem_type", "output_attentions", "output_hidden_states",
+    "return_dict",
+)  # fmt: skip
+
+
+def config_to_save(model: SphinxModel) -> ModelConfig:
+    """`model.config` with the LLM's whole transformers config in `llm.config`, so that loading
+    builds the same architecture (rope settings, grouped-query attention, tied embeddings, a
+    resized vocabulary...) whatever the preset name says. An LLM that `AutoModelForCausalLM`
+    would not rebuild from its config is refused, naming its class."""
+    from transformers import AutoModelForCausalLM, PretrainedConfig
+
+    llm = model.llm
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm  # LoRA-wrapped
+    architecture = getattr(base, "config", None)
+    if not isinstance(architecture, PretrainedConfig):
+        raise ValueError(
+            f"The LLM is a {type(base).__name__} without a transformers config, so a checkpoint "
+            "could not rebuild it: use a transformers causal LM (AutoModelForCausalLM)"
+        )
+    try:
+        rebuilt = AutoModelForCausalLM._model_mapping[type(architecture)]
+    except KeyError:
+        rebuilt = None
+    if rebuilt is not type(base):
+        what = "no class" if rebuilt is None else rebuilt.__name__
+        raise ValueError(
+            f"The LLM is a {type(base).__name__}, but AutoModelForCausalLM builds {what} for its "
+            f"config (model_type {architecture.model_type!r}), so a checkpoint would come back "
+            "as another model: register the class with AutoModelForCausalLM.register"
+        )
+    settings = architecture.to_dict()
+    for key in _NOT_ARCHITECTURE:
+        settings.pop(key, None)
+    return model.config.replace(**{"llm.config": settings, "llm.overrides": {}})
 
 
 def load_pretrained(
@@ -117,8 +162,31 @@ def load_pretrained(
     except ConfigError as error:
         raise ConfigError(f"{directory / CONFIG_FILE}: {error}") from error
     model.config = config
+    if (directory / PROCESSOR_FILE).is_file():
+        model.processor = _saved_processor(directory, model)
     _load_weights(model, directory, manifest)
     return model
+
+
+def _saved_processor(directory: Path, model: SphinxModel) -> SphinxProcessor:
+    """The checkpoint's processor, checked against the model rebuilt from its config (older
+    checkpoints have none: the processor built from the config serves)."""
+    tokenizer = None if model.processor is None else model.processor.tokenizer
+    try:
+        processor = SphinxProcessor.from_pretrained(directory, tokenizer=tokenizer)
+    except ValueError as error:
+        raise CheckpointError(str(error)) from error
+    built = model.processor
+    if built is not None and (
+        processor.tokens_per_view != built.tokens_per_view
+        or processor.image_token_id != model.image_token_id
+    ):
+        raise CheckpointError(
+            f"{directory / PROCESSOR_FILE} gives {processor.tokens_per_view} visual tokens per "
+            f"view and image-token id {processor.image_token_id}; the model its config builds "
+            f"takes {built.tokens_per_view} and id {model.image_token_id}"
+        )
+    return processor
 
 
 def load_weights(model: SphinxModel, directory: str | Path) -> None:

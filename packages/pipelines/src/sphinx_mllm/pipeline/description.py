@@ -69,8 +69,8 @@ def describe_model(model: SphinxModel) -> dict[str, Any]:
     )
     return {
         "name": model.config.name if model.config else "custom",
-        "placement": model.placement,
-        "template": getattr(model.template, "name", None),
+        "placement": None if model.processor is None else model.processor.placement,
+        "template": None if model.processor is None else model.processor.template.name,
         "dtype": str(model.dtype).removeprefix("torch."),
         "image_token_id": model.image_token_id,
         "visual_tokens_per_image": model.num_visual_tokens(),

@@ -23,7 +23,7 @@ import torch
 from sphinx_mllm.data.metrics import exact_match, rec_iou, vqa_accuracy
 from sphinx_mllm.data.readers import Problems
 from sphinx_mllm.data.readers.llava import read_llava
-from sphinx_mllm.pipeline.generation import generate, left_pad, render_prompt
+from sphinx_mllm.pipeline.generation import generate
 from sphinx_mllm.pipeline.images import open_image
 from sphinx_mllm.pipeline.training.data import DataSource, with_readable_images
 
@@ -159,34 +159,23 @@ def records_to_score(
 
 
 def _predict(model, chunk, metric: str, extra_tokens: int) -> list[Prediction]:
-    prompts, pixels, references, images = [], [], [], []
+    conversations, images, references, paths = [], [], [], []
     for source, record in chunk:
         turns = record["conversations"]
         image = record.get("image")
         path = source.image_path(image) if image else None
-        size = None
-        if path is not None:
-            opened = open_image(path)
-            size = opened.size
-            pixels.append(model.preprocess(opened))
-        prompts.append(
-            render_prompt(model, turns[:-1], image_count=int(path is not None), image_size=size)
-        )
+        conversations.append(turns[:-1])
+        images.append([] if path is None else [open_image(path)])
         references.append(turns[-1]["value"])
-        images.append(path)
-    reference_tokens = max(len(model.tokenizer(text)["input_ids"]) for text in references)
-    input_ids, attention_mask = left_pad(prompts, model.pad_token_id)
+        paths.append(path)
+    processor = model.processor
+    reference_tokens = max(len(processor.tokenizer(text)["input_ids"]) for text in references)
+    inputs = processor(conversations, images, generation=True).to(model.device)
     with torch.no_grad():
-        output = generate(
-            model,
-            input_ids.to(model.device),
-            [views.to(model.device) for views in pixels] or None,
-            attention_mask=attention_mask.to(model.device),
-            max_new_tokens=reference_tokens + extra_tokens,
-        )
+        output = generate(model, **inputs, max_new_tokens=reference_tokens + extra_tokens)
     results = []
     for (source, record), text, reference, image in zip(
-        chunk, output.texts, references, images, strict=True
+        chunk, output.texts, references, paths, strict=True
     ):
         chosen = metric_for(record, metric)
         value, extra = score(chosen, text.strip(), record)

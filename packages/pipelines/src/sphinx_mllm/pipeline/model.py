@@ -1,15 +1,17 @@
-"""`SphinxModel`: a visual stack (view splitter, encoders, mixer) and a causal LM.
+"""`SphinxModel`: a visual stack (view splitter, encoders, mixer) and a causal LM. It takes
+tensors and returns tensors; its `processor` (`SphinxProcessor`) makes them from conversations
+and images, and is the one place that decides where visual tokens go.
 
 ```python
-output = model(input_ids, pixel_values, attention_mask, labels)  # output.loss, output.logits
+inputs = model.processor([conversation], images=[[photo]])
+output = model(**inputs)                       # output.loss, output.logits
 ```
 
-`pixel_values` are the views of each image in [0, 1] (`model.preprocess(image)`), as
-`[num_images, V, 3, s, s]` or a list of `[V_i, 3, s, s]`; images are taken in reading order
-(sample by sample, placeholder by placeholder). With `normalized=True` they are pixels already
-normalised with the (single) encoder's statistics, as Hugging Face processors give them.
-Logits are those of the placed sequence (visual positions included) and `output.labels` is
-aligned with them, so `logits[:, t]` predicts `labels[:, t + 1]`.
+`input_ids` hold one image-token id per visual token at each image's place; `pixel_values` are
+the views of each image in [0, 1] (`processor.preprocess(image)`), as `[num_images, V, 3, s, s]`
+or a list of `[V_i, 3, s, s]`, in reading order (sample by sample, run by run). With
+`normalized=True` they are pixels already normalised with the (single) encoder's statistics, as
+Hugging Face processors give them. `logits[:, t]` predicts `labels[:, t + 1]`.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ from sphinx_mllm.pipeline.config import ModelConfig
 from sphinx_mllm.pipeline.placement import (
     IGNORE_INDEX,
     PlacedSequence,
-    insert_prefix,
     place,
     scatter_visual_tokens,
 )
+from sphinx_mllm.pipeline.processor import SphinxProcessor
 
 Pixels = torch.Tensor | Sequence[torch.Tensor]
 
@@ -59,7 +61,8 @@ class EmbeddedInputs:
 
 class SphinxModel(nn.Module):
     """Visual stack + causal LM. Build one with `build_model(config)` (or a preset:
-    `build_model("demo")`), load one with `SphinxModel.from_pretrained(dir)`, or pass the parts."""
+    `build_model("demo")`), load one with `SphinxModel.from_pretrained(dir)`, or pass the parts.
+    `processor` is the model's text and image side (None for a model assembled by hand)."""
 
     def __init__(
         self,
@@ -67,10 +70,8 @@ class SphinxModel(nn.Module):
         llm: nn.Module,
         *,
         image_token_id: int,
-        placement: str = "placeholder",
         config: ModelConfig | None = None,
-        tokenizer: Any = None,
-        template: Any = None,
+        processor: SphinxProcessor | None = None,
     ) -> None:
         super().__init__()
         llm_width = llm.get_input_embeddings().embedding_dim
@@ -79,15 +80,16 @@ class SphinxModel(nn.Module):
                 f"The visual stack gives tokens of width {visual.out_dim}, the LLM embeds width "
                 f"{llm_width}; build the mixer with out_dim={llm_width}"
             )
-        if placement not in ("placeholder", "prefix"):
-            raise ValueError(f"placement must be 'placeholder' or 'prefix', got {placement!r}")
+        if processor is not None and processor.image_token_id != image_token_id:
+            raise ValueError(
+                f"The processor writes image-token id {processor.image_token_id}, the model "
+                f"reads {image_token_id}"
+            )
         self.visual = visual
         self.llm = llm
         self.image_token_id = image_token_id
-        self.placement = placement
         self.config = config
-        self.tokenizer = tokenizer
-        self.template = template
+        self.processor = processor
 
     # -- what the model declares ---------------------------------------------------------------
 
@@ -108,15 +110,13 @@ class SphinxModel(nn.Module):
         return getattr(self.llm.config, "bos_token_id", None)
 
     @property
-    def pad_token_id(self) -> int:
-        pad = getattr(self.llm.config, "pad_token_id", None)
-        if pad is None and self.tokenizer is not None:
-            pad = self.tokenizer.pad_token_id
-        return 0 if pad is None else int(pad)
+    def tokenizer(self) -> Any:
+        """The processor's tokenizer (None without a processor)."""
+        return None if self.processor is None else self.processor.tokenizer
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """One PIL image -> its views `[V, 3, s, s]` in [0, 1]."""
-        return self.visual.preprocess(image)[0]
+        return self.visual.preprocess(image.convert("RGB"))[0]
 
     # -- forward -------------------------------------------------------------------------------
 
@@ -158,22 +158,10 @@ class SphinxModel(nn.Module):
         normalized: bool = False,
         visual_tokens: VisualTokens | None = None,
     ) -> EmbeddedInputs:
-        """Place the visual tokens and embed: what the LLM receives."""
+        """Overwrite the image positions with the visual tokens: what the LLM receives."""
         if visual_tokens is None and pixel_values is not None:
             visual_tokens = self.encode_images(pixel_values, normalized=normalized)
         lengths = visual_tokens.lengths if visual_tokens is not None else []
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if self.placement == "prefix" and lengths:
-            input_ids, attention_mask, labels = insert_prefix(
-                input_ids,
-                attention_mask,
-                labels,
-                lengths,
-                self.image_token_id,
-                self.bos_token_id,
-                self.pad_token_id,
-            )
         sequence = place(input_ids, attention_mask, labels, self.image_token_id, lengths)
         text_ids = input_ids.masked_fill(sequence.image_mask, 0)
         embeddings = self.llm.get_input_embeddings()(text_ids)

@@ -4,6 +4,8 @@ try the plumbing without a checkpoint."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -33,6 +35,13 @@ TopP = Annotated[
         max=1.0, help="Nucleus sampling: keep the fewest tokens holding this mass, in (0, 1]."
     ),
 ]
+TopK = Annotated[
+    int | None, typer.Option(min=1, help="Sampling: keep only the k most likely tokens.")
+]
+RepetitionPenalty = Annotated[
+    float, typer.Option(min=0.0, help="Penalty (> 1) for tokens already in the conversation.")
+]
+Beams = Annotated[int, typer.Option(min=1, help="Beam search width (1: no beam search).")]
 Seed = Annotated[
     int | None, typer.Option(help="Seed for sampling (and for a preset's random weights).")
 ]
@@ -45,6 +54,9 @@ def generate(
     max_new_tokens: MaxNewTokens = 64,
     temperature: Temperature = 0.0,
     top_p: TopP = 1.0,
+    top_k: TopK = None,
+    repetition_penalty: RepetitionPenalty = 1.0,
+    num_beams: Beams = 1,
     seed: Seed = None,
     draw: Annotated[
         Path | None, typer.Option(help="Write the image with the answer's boxes drawn here.")
@@ -61,7 +73,9 @@ def generate(
     model = _load_model(checkpoint, seed)
     from sphinx_mllm.pipeline.generation import answer
 
-    options = _generation_options(model, max_new_tokens, temperature, top_p, seed)
+    options = _generation_options(
+        max_new_tokens, temperature, top_p, top_k, repetition_penalty, num_beams, seed
+    )
     reply = answer(model, None if photo is None else [photo], [prompt], **options)
     typer.echo(reply[0])
     if draw is not None and photo is not None:
@@ -78,34 +92,55 @@ def chat(
     max_new_tokens: MaxNewTokens = 256,
     temperature: Temperature = 0.0,
     top_p: TopP = 1.0,
+    top_k: TopK = None,
+    repetition_penalty: RepetitionPenalty = 1.0,
     seed: Seed = None,
 ) -> None:
     """Talk with a model about an image: one question per line on stdin, the whole conversation
-    kept as context, until end of input or a line reading `exit`.
+    kept as context, until end of input or a line reading `exit`. Replies stream as they are
+    generated; at a terminal, lines can be edited and earlier questions recalled (arrow keys).
 
     Example: sphinx-pipeline chat ./my-sphinx --image cat.jpg
     """
     _check_top_p(top_p)
     photo = _open_image(image)
     model = _load_model(checkpoint, seed)
-    options = _generation_options(model, max_new_tokens, temperature, top_p, seed)
+    options = _generation_options(
+        max_new_tokens, temperature, top_p, top_k, repetition_penalty, 1, seed
+    )
     history: list[dict[str, str]] = []
-    interactive = sys.stdin.isatty()
+    read_line = _line_reader()
     typer.echo("Type a question per line; 'exit' or end of input stops.", err=True)
     while True:
-        if interactive:  # piped questions get the replies alone, one per line
-            typer.echo("> ", nl=False)
-        line = sys.stdin.readline()
+        line = read_line()
+        if line is None:
+            break
         question = line.strip()
-        if not line or question in ("exit", "quit"):
+        if question in ("exit", "quit"):
             break
         if not question:
             continue
         turns = [*history, {"from": "human", "value": question}]
         reply = _reply(model, turns, photo, options)
-        typer.echo(reply)
         if reply:  # a template cannot render an empty reply: that exchange is not kept
             history += [turns[-1], {"from": "gpt", "value": reply}]
+
+
+def _line_reader():
+    """Reads one question per call (None at end of input): at a terminal with `readline`'s line
+    editing and history, else plain lines from stdin (piped questions get the replies alone)."""
+    if not sys.stdin.isatty():
+        return lambda: sys.stdin.readline() or None
+    if importlib.util.find_spec("readline") is not None:  # not on every platform (Windows)
+        importlib.import_module("readline")  # importing it gives input() editing and history
+
+    def read() -> str | None:
+        try:
+            return input("> ")
+        except EOFError:
+            return None
+
+    return read
 
 
 def _reply(
@@ -114,18 +149,30 @@ def _reply(
     photo: Image.Image | None,
     options: dict[str, Any],
 ) -> str:
-    """The model's next reply in a conversation about `photo` (given with the first turn)."""
+    """The model's next reply in a conversation about `photo` (given with the first turn),
+    streamed to stdout as it is generated."""
+    from sphinx_mllm.pipeline.generation import ReplyStreamer
     from sphinx_mllm.pipeline.generation import generate as generate_tokens
-    from sphinx_mllm.pipeline.generation import left_pad, render_prompt
 
-    prompt = render_prompt(
-        model, turns, image_count=0 if photo is None else 1,
-        image_size=None if photo is None else photo.size,
-    )  # fmt: skip
-    input_ids, attention_mask = left_pad([prompt], model.pad_token_id)
-    pixels = None if photo is None else [model.preprocess(photo)]
-    output = generate_tokens(model, input_ids, pixels, attention_mask=attention_mask, **options)
-    return (output.texts or [""])[0].strip()
+    images = [[] if photo is None else [photo]]
+    inputs = model.processor([turns], images, generation=True).to(model.device)
+    pieces: list[str] = []
+
+    def write(piece: str) -> None:
+        if not pieces:  # the reply is printed without its leading spaces
+            piece = piece.lstrip()
+            if not piece:
+                return
+        pieces.append(piece)
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    streamer = ReplyStreamer(model.processor, write)
+    output = generate_tokens(model, **inputs, streamer=streamer, **options)
+    reply = (output.texts or [""])[0].strip()
+    sys.stdout.write(reply[len("".join(pieces).strip()) :] + "\n")  # what the stream held back
+    sys.stdout.flush()
+    return reply
 
 
 def _open_image(path: Path | None) -> Image.Image | None:
@@ -146,18 +193,22 @@ def _load_model(checkpoint: str, seed: int | None) -> SphinxModel:
 
 
 def _generation_options(
-    model: SphinxModel, max_new_tokens: int, temperature: float, top_p: float, seed: int | None
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int | None,
+    repetition_penalty: float,
+    num_beams: int,
+    seed: int | None,
 ) -> dict[str, Any]:
-    import torch
-
-    options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0}
+    options: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": temperature > 0,
+        "repetition_penalty": repetition_penalty,
+        "num_beams": num_beams,
+    }
     if temperature > 0:
-        generator = torch.Generator(device=model.device)
-        if seed is not None:
-            generator.manual_seed(seed)
-        else:
-            generator.seed()
-        options.update(temperature=temperature, top_p=top_p, generator=generator)
+        options.update(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     return options
 
 

@@ -1,69 +1,71 @@
-"""Training data for a `SphinxModel`: LLaVA-format conversation files rendered once through the
-model's chat template and tokenizer, fitted to the sequence budget (never cut inside an image
-span), batched SPHINX's way (each global batch of one data type, length-grouped) and collated
+"""Training data for a `SphinxModel`: LLaVA-format conversation files rendered once by the
+model's processor, fitted to the sequence budget (never cut inside an image span), batched
+SPHINX's way (each global batch of one data type, length-grouped) and collated by the processor
 into padded tensors with each image's views.
 
     sources = [DataSource.parse("train.jsonl:2", images="data/")]
-    data = TrainingData.build(model, sources, max_length=512)
+    data = TrainingData.build(model.processor, sources, max_length=512)
     batches = data.batches(global_batch_size=32, seed=0)
     batch = data.collate(next(iter(batches.resume(0, 0)))[1])
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
 import torch
+from pydantic import Field, StrictBool, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from sphinx_mllm.data.budget import fit_to_budget
 from sphinx_mllm.data.image_paths import image_path_under
 from sphinx_mllm.data.mixtures import SphinxBatches, TypedSource
 from sphinx_mllm.data.readers import Problems
 from sphinx_mllm.data.readers.llava import read_llava
-from sphinx_mllm.data.templates import IGNORE_INDEX, ConversationError, render, render_batch
+from sphinx_mllm.data.templates import IGNORE_INDEX, ConversationError
+from sphinx_mllm.pipeline.config import CONFIG, Number, config_errors
 from sphinx_mllm.pipeline.images import ImageFileError, check_image, open_image
+from sphinx_mllm.pipeline.processor import SphinxProcessor
 
 IMAGE_TEXT, TEXT_ONLY = "image-text", "text-only"
 RENDER_CHUNK = 256
 
 
-@dataclass(frozen=True)
+@config_errors(label=lambda path=None, *args, **kwargs: f"data {path}:")
+@pydantic_dataclass(frozen=True, config=CONFIG)
 class DataSource:
     """One conversation file (LLaVA JSON or JSONL), its mixture weight (the ratio it is
     subsampled to per epoch; > 1 repeats it) and the folder its image paths are relative to.
     Image paths that are absolute or leave that folder are refused unless
-    `images_outside_root`."""
+    `images_outside_root`. Checked when made (a `ConfigError` names the file and the field)."""
 
     path: Path
-    weight: float = 1.0
+    weight: Annotated[Number, Field(gt=0)] = 1.0
     images: Path | None = None
-    images_outside_root: bool = False
+    images_outside_root: StrictBool = False
 
-    def __post_init__(self) -> None:
-        weight = self.weight
-        if isinstance(weight, bool) or not isinstance(weight, int | float):
-            raise ValueError(f"data {self.path}: the weight must be a number, got {weight!r}")
-        if not math.isfinite(weight) or weight <= 0:
-            raise ValueError(f"data {self.path}: the weight must be positive, got {weight!r}")
-        if not isinstance(self.images_outside_root, bool):
-            raise ValueError(
-                f"data {self.path}: images_outside_root must be true or false, got "
-                f"{self.images_outside_root!r}"
-            )
+    @field_validator("images", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @classmethod
     def parse(cls, spec: str, images: str | Path | None = None) -> DataSource:
         """`FILE` or `FILE:WEIGHT` (as `--data` takes it)."""
+        return cls(**cls.spec_fields(spec), images=Path(images).expanduser() if images else None)
+
+    @staticmethod
+    def spec_fields(spec: str) -> dict[str, Path | float]:
+        """The path and weight of a `FILE` or `FILE:WEIGHT` spec."""
         path, weight = spec, 1.0
         head, _, tail = spec.rpartition(":")
         if head and tail.replace(".", "", 1).isdigit():
             path, weight = head, float(tail)
-        return cls(Path(path).expanduser(), weight, Path(images).expanduser() if images else None)
+        return {"path": Path(path).expanduser(), "weight": weight}
 
     @property
     def image_root(self) -> Path:
@@ -160,8 +162,10 @@ class DataReport:
 class TrainingData:
     """Rendered examples of every source, and how they are batched and collated for a model."""
 
-    def __init__(self, model: Any, examples: dict[str, list[Example]], sources, report) -> None:
-        self.model = model
+    def __init__(
+        self, processor: SphinxProcessor, examples: dict[str, list[Example]], sources, report
+    ) -> None:
+        self.processor = processor
         self.examples = examples
         self.sources = sources
         self.report = report
@@ -171,7 +175,7 @@ class TrainingData:
     @classmethod
     def build(
         cls,
-        model: Any,
+        processor: SphinxProcessor,
         sources: Sequence[DataSource],
         *,
         max_length: int = 1024,
@@ -180,14 +184,19 @@ class TrainingData:
         """Read, render and budget every source, and decode every image once, so that a bad
         record or image stops the run now, naming it, rather than mid-training;
         `on_error="skip"` drops and counts such records instead."""
-        if model.tokenizer is None:
+        if not isinstance(processor, SphinxProcessor):
+            raise TypeError(
+                f"TrainingData.build takes the model's processor (model.processor), got "
+                f"{type(processor).__name__}"
+            )
+        if processor.tokenizer is None:
             raise ValueError(
                 "This model has no tokenizer, so conversations cannot be rendered; set "
                 "tokenizer.source in its config (e.g. 'demo' or a tokenizer directory)"
             )
         report = DataReport()
         examples: dict[str, list[Example]] = {}
-        visual = model.num_visual_tokens()
+        visual = processor.num_visual_tokens()
         checked_images: dict[Path, str | None] = {}
         for source in sources:
             if not source.path.is_file():
@@ -202,14 +211,14 @@ class TrainingData:
             records = with_readable_images(source, records, problems, checked_images)
             for start in range(0, len(records), RENDER_CHUNK):
                 chunk = records[start : start + RENDER_CHUNK]
-                kept.extend(_render(model, source, chunk, visual, max_length, report, problems))
+                kept.extend(_render(processor, source, chunk, visual, max_length, report, problems))
             for reason, count in problems.skipped.items():
                 report.dropped[f"{source.name}: {reason}"] += count
             if not kept:
                 raise ValueError(f"{source.path}: no usable record ({report.summary()})")
             examples[source.name] = kept
             report.kept[source.name] = len(kept)
-        return cls(model, examples, list(sources), report)
+        return cls(processor, examples, list(sources), report)
 
     def batches(self, global_batch_size: int, *, seed: int = 0) -> SphinxBatches:
         """SPHINX batching: each global batch of one data type, length-grouped, deterministic in
@@ -234,61 +243,44 @@ class TrainingData:
         return self.examples[source][indices[item]]
 
     def collate(self, items: Sequence[tuple[str, int]]) -> Batch:
-        """Pad a batch's examples (right padding), expand each image placeholder to the model's
-        visual tokens (placeholder placement) or drop it (prefix placement: the model puts the
-        image after BOS), and load each image's views."""
+        """The processor's padded tensors for a batch's examples (right padding), with each
+        image's views."""
         examples = [self.example(name, item) for name, item in items]
-        return collate_examples(self.model, examples, self.views)
+        inputs = self.processor.collate(
+            [(example.input_ids, example.labels) for example in examples],
+            [[self.views(path) for path in example.images] for example in examples],
+        )
+        return Batch(
+            inputs.input_ids,
+            inputs.attention_mask,
+            inputs.labels,
+            inputs.pixel_values,
+            [example.task for example in examples],
+            inputs.images_per_row,
+        )
 
     def views(self, path: Path) -> torch.Tensor:
         """The views of the image at `path` (cached: demo images are small)."""
         if path not in self._views:
-            self._views[path] = self.model.preprocess(open_image(path))
+            self._views[path] = self.processor.preprocess(open_image(path))
         return self._views[path]
 
 
-def collate_examples(model: Any, examples: Sequence[Example], views) -> Batch:
-    image_id, count = model.image_token_id, model.num_visual_tokens()
-    rows_ids, rows_labels, pixels, per_row = [], [], [], []
-    for example in examples:
-        ids, labels = [], []
-        for token, label in zip(example.input_ids, example.labels, strict=True):
-            if token == image_id:
-                if model.placement == "placeholder":
-                    ids.extend([image_id] * count)
-                    labels.extend([IGNORE_INDEX] * count)
-                continue
-            ids.append(token)
-            labels.append(label)
-        rows_ids.append(ids)
-        rows_labels.append(labels)
-        pixels.extend(views(path) for path in example.images)
-        per_row.append(len(example.images))
-    length = max(len(ids) for ids in rows_ids)
-    pad = model.pad_token_id
-    input_ids = torch.full((len(examples), length), pad, dtype=torch.long)
-    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), length), dtype=torch.long)
-    for row, (ids, row_labels) in enumerate(zip(rows_ids, rows_labels, strict=True)):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(ids)] = torch.tensor(row_labels)
-        mask[row, : len(ids)] = 1
-    return Batch(input_ids, mask, labels, pixels or None, [ex.task for ex in examples], per_row)
-
-
 def _render(
-    model, source: DataSource, records, visual: int, max_length: int, report, problems: Problems
+    processor: SphinxProcessor,
+    source: DataSource,
+    records,
+    visual: int,
+    max_length: int,
+    report,
+    problems: Problems,
 ) -> list:
     ids = [f"{source.path}:{record.get('id', i)}" for i, record in enumerate(records)]
-    options = {"image_token": model.image_token_id, "image_token_count": 1}
     try:
-        samples = render_batch(
-            model.template,
+        samples = processor.render_batch(
             [record["conversations"] for record in records],
-            model.tokenizer,
             num_images=[len(_images(record)) for record in records],
             sample_ids=ids,
-            **options,
         )
     except ConversationError:
         if problems.on_error == "raise":
@@ -297,13 +289,10 @@ def _render(
         for record, sample_id in zip(records, ids, strict=True):
             try:
                 samples.append(
-                    render(
-                        model.template,
+                    processor.render(
                         record["conversations"],
-                        model.tokenizer,
                         num_images=len(_images(record)),
                         sample_id=sample_id,
-                        **options,
                     )
                 )
             except ConversationError:

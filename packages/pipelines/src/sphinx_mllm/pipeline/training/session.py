@@ -160,7 +160,7 @@ def run_training(
     model = build_model(config, device=dist.device)
     # every record and image is read before anything is written into the run directory
     training_data = TrainingData.build(
-        model, run.data, max_length=run.train.max_length, on_error=run.on_error
+        model.processor, run.data, max_length=run.train.max_length, on_error=run.on_error
     )
     if run.eval:
         from sphinx_mllm.pipeline.evaluation import records_to_score
