@@ -31,7 +31,8 @@ def test_bad_input_is_one_line_and_status_2(capsys, error):
 
 
 def test_a_multi_line_message_is_joined_and_a_bare_key_gets_its_type():
-    assert one_line(ValueError("first\n  second\n")) == "first second"
+    assert one_line(ValueError("first\n  second\n")) == "first; second"
+    assert one_line(ValueError("problems:\n  one\n  two")) == "problems: one; two"
     assert one_line(KeyError("categories")) == "KeyError: 'categories'"
 
 

@@ -6,7 +6,6 @@ import os
 import stat
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -231,18 +230,27 @@ def test_bad_types_in_a_checkpoint_config_are_named(checkpoint, tmp_path, path, 
     from sphinx_mllm.pipeline.config import set_path
 
     copy = _copy(checkpoint, tmp_path / "ckpt")
-    config = yaml.safe_load((copy / "config.yaml").read_text())
-    set_path(config, path, value)
-    (copy / "config.yaml").write_text(yaml.safe_dump(config))
-    line = _one_line_naming(sphinx_pipeline("generate", copy, "Hi"), copy / "config.yaml")
+    config = json.loads((copy / "config.json").read_text())
+    set_path(config["model"], path, value)
+    (copy / "config.json").write_text(json.dumps(config))
+    line = _one_line_naming(sphinx_pipeline("generate", copy, "Hi"), copy / "config.json")
     assert path.rsplit(".", 1)[-1] in line or path.split(".")[0] in line
 
 
-@pytest.mark.parametrize("manifest", ["{not json", "[1, 2]", '{"format_version": 1, "tied": 3}'])
-def test_an_invalid_checkpoint_json_is_named(checkpoint, tmp_path, manifest):
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        "[1, 2]",
+        '{"model_type": "llama"}',
+        '{"model_type": "sphinx", "sphinx_format": 7}',
+        '{"model_type": "sphinx", "sphinx_format": 2, "model": 3}',
+    ],
+)
+def test_an_invalid_config_json_is_named(checkpoint, tmp_path, text):
     copy = _copy(checkpoint, tmp_path / "ckpt")
-    (copy / "checkpoint.json").write_text(manifest)
-    _one_line_naming(sphinx_pipeline("generate", copy, "Hi"), copy / "checkpoint.json")
+    (copy / "config.json").write_text(text)
+    _one_line_naming(sphinx_pipeline("generate", copy, "Hi"), copy / "config.json")
 
 
 def test_checkpoints_take_the_permissions_of_the_umask(demo_model, tmp_path):
@@ -253,7 +261,7 @@ def test_checkpoints_take_the_permissions_of_the_umask(demo_model, tmp_path):
         os.umask(previous)
     assert stat.S_IMODE(written.stat().st_mode) == 0o775
     assert stat.S_IMODE((written / "model.safetensors").stat().st_mode) == 0o664
-    assert stat.S_IMODE((written / "tokenizer").stat().st_mode) == 0o775
+    assert stat.S_IMODE((written / "tokenizer_config.json").stat().st_mode) == 0o664
 
 
 def test_overwrite_replaces_only_an_earlier_checkpoint(demo_model, tmp_path):

@@ -52,7 +52,7 @@ def test_generate_reports_a_directory_that_is_no_checkpoint(image_file, tmp_path
     (tmp_path / "empty").mkdir()
     result = sphinx_pipeline("generate", "empty", "Hi")
     assert result.status == 2
-    expected = "empty is not a sphinx-pipeline checkpoint: config.yaml is missing"
+    expected = "empty is not a sphinx-pipeline checkpoint: config.json is missing"
     assert result.stderr == f"sphinx-pipeline: {expected}\n"
 
 

@@ -109,7 +109,7 @@ def test_full_strategy_with_two_feature_layers_keeps_cls_and_concatenates(tmp_pa
         tmp_path, vision_feature_select_strategy="full", vision_feature_layer=[-2, -1]
     )
     model = from_llava(tmp_path)
-    options = model.config.vision.encoders[0].options
+    options = model.model_config.vision.encoders[0].options
     assert options["feature_layer"] == [-2, -1] and options["keep_cls"] is True
     assert model.num_visual_tokens() == 17  # CLS + a 4x4 grid
     assert max_logit_difference(tmp_path, hf_model) <= TOLERANCE
@@ -126,7 +126,7 @@ def test_siglip_tower_and_tied_qwen2_text_model(tmp_path):
     )
     model = from_llava(tmp_path)
     assert model.llm.get_output_embeddings().weight is model.llm.get_input_embeddings().weight
-    assert model.config.vision.splitter_options["fill"] == [127, 127, 127]  # SigLIP's mean
+    assert model.model_config.vision.splitter_options["fill"] == [127, 127, 127]  # SigLIP's mean
     assert max_logit_difference(tmp_path, hf_model) <= TOLERANCE
 
 
@@ -149,7 +149,7 @@ def test_the_transformers_4_52_layout_loads_too(tmp_path):
 def test_imported_config_describes_llava_and_survives_a_checkpoint(tmp_path):
     save_llava(tmp_path / "hf")
     model = from_llava(tmp_path / "hf")
-    config = model.config
+    config = model.model_config
     assert [spec.name for spec in config.vision.encoders] == ["hf_vision"]
     assert config.vision.splitter_options == {"base_size": 32}
     assert (config.vision.mixer, config.vision.mixer_options) == (
@@ -189,8 +189,8 @@ def test_the_tokenizer_of_the_directory_is_imported_and_saved(tmp_path):
     tokenizer.save_pretrained(tmp_path / "hf")
     model = from_llava(tmp_path / "hf")
     assert model.tokenizer is not None and model.image_token_id == image_token_id
-    assert model.config.tokenizer.image_token == "<image>"
-    assert model.config.tokenizer.source == str((tmp_path / "hf").resolve())
+    assert model.model_config.tokenizer.image_token == "<image>"
+    assert model.model_config.tokenizer.source == str((tmp_path / "hf").resolve())
     model.save_pretrained(tmp_path / "sphinx")
     loaded = SphinxModel.from_pretrained(tmp_path / "sphinx")
     assert loaded.tokenizer.convert_tokens_to_ids("<image>") == loaded.image_token_id
@@ -200,7 +200,7 @@ def test_dtype_defaults_to_the_checkpoint_and_can_be_chosen(tmp_path):
     save_llava(tmp_path)
     assert from_llava(tmp_path).dtype == torch.float32
     model = from_llava(tmp_path, dtype="bfloat16")
-    assert model.dtype == torch.bfloat16 and model.config.dtype == "bfloat16"
+    assert model.dtype == torch.bfloat16 and model.model_config.dtype == "bfloat16"
     with pytest.raises(LlavaImportError, match="dtype must be one of"):
         from_llava(tmp_path, dtype="int8")
 
@@ -284,8 +284,8 @@ def test_import_llava_command_writes_a_checkpoint(tmp_path):
     result = CliRunner().invoke(app, ["import-llava", str(tmp_path / "hf"), str(out)])
     assert result.exit_code == 0, result.output
     assert "CLIPVisionModel" in result.output and "image token id" in result.output
-    assert (out / "config.yaml").is_file() and (out / "model.safetensors").is_file()
-    assert json.loads((out / "checkpoint.json").read_text())["format_version"] == 1
+    assert (out / "model.safetensors").is_file()
+    assert json.loads((out / "config.json").read_text())["model_type"] == "sphinx"
 
     again = sphinx_pipeline("import-llava", tmp_path / "hf", out)
     assert again.status == 2 and "pass --force" in again.stderr
@@ -293,7 +293,7 @@ def test_import_llava_command_writes_a_checkpoint(tmp_path):
         app, ["import-llava", str(tmp_path / "hf"), str(out), "--force", "--dtype", "bfloat16"]
     )
     assert forced.exit_code == 0, forced.output
-    assert "dtype: bfloat16" in (out / "config.yaml").read_text()
+    assert json.loads((out / "config.json").read_text())["model"]["dtype"] == "bfloat16"
 
 
 def test_import_llava_help_shows_an_example():

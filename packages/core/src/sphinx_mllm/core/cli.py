@@ -19,8 +19,15 @@ INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, OSErro
 
 
 def one_line(error: BaseException) -> str:
-    """The error's message on one line (a `KeyError`'s bare key gets its type name)."""
-    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    """The error's message on one line: lines joined by "; ", or by a space after a line that
+    ends in ":" (a heading and its list); a `KeyError`'s bare key gets its type name."""
+    text = ""
+    for line in (line.strip() for line in str(error).splitlines()):
+        if not line:
+            continue
+        if text:
+            text += " " if text.endswith(":") else "; "
+        text += line
     if isinstance(error, KeyError) or not text:
         return f"{type(error).__name__}: {text}".rstrip(": ")
     return text

@@ -1,26 +1,34 @@
-"""Self-describing model checkpoints: `save_pretrained(model, dir)` / `load_pretrained(dir)`.
+"""Self-describing model checkpoints in the Hugging Face layout: `save_pretrained(model, dir)` /
+`load_pretrained(dir)` (`SphinxModel.save_pretrained` / `from_pretrained`, and transformers'
+`AutoModel.from_pretrained` once `sphinx_mllm.pipeline.model` is imported).
 
 A checkpoint directory holds
 
-- `config.yaml`: the fully resolved `ModelConfig` (every component by registry name and arguments),
-  with the LLM's whole transformers config (`llm.config`): the checkpoint rebuilds the same
-  architecture whether the LLM came from a preset, a directory or a Python object;
+- `config.json`: the `SphinxConfig` (`model_type` `"sphinx"`): the fully resolved `ModelConfig`
+  (every component by registry name and arguments) with the LLM's whole transformers config, so
+  the same architecture comes back whether the LLM came from a preset, a directory or a Python
+  object; the image-token id; the frozen pretrained encoders referenced by their source instead
+  of copied, each with the SHA-256 of its weights, checked when it is rebuilt;
 - `model.safetensors`, or shards `model-0000k-of-0000n.safetensors` with
-  `model.safetensors.index.json`: the weights, by `SphinxModel` parameter name;
-- `processor_config.json` and `tokenizer/`: the model's `SphinxProcessor` (chat template in full,
-  placement, image token, view splitter, visual tokens per view) and its tokenizer files;
-- `checkpoint.json`: the format version, the tensors left out because they are tied to another
-  (`lm_head.weight` to the embeddings) and the frozen pretrained encoders referenced by their
-  source instead of copied (rebuilt from that source on loading).
+  `model.safetensors.index.json`: the weights, by `SphinxModel` parameter name, each tensor
+  stored once (a tied LM head is tied again by the rebuilt LLM);
+- `processor_config.json` and the tokenizer's files: the model's `SphinxProcessor`.
 
-Everything is written into a hidden sibling directory and renamed into place when complete, so an
-interrupted save never leaves a directory that looks finished. Nothing is read with pickle.
+Checkpoints of format 1 (`config.yaml`, `checkpoint.json`, `tokenizer/`) load as before; saving
+the loaded model writes this format (`sphinx-pipeline convert-checkpoint OLD NEW`).
+
+The toolkit writes checkpoints itself rather than with transformers' `save_pretrained`, for what
+that one does not do: referenced encoders, and writes that never lose anything (a hidden sibling
+renamed into place when complete; an existing directory replaced only when it is an earlier
+checkpoint holding none of the inputs). Nothing is read with pickle.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +45,13 @@ from sphinx_mllm.llm.merging.writer import (
     write_index,
 )
 from sphinx_mllm.pipeline.config import ConfigError, ModelConfig
+from sphinx_mllm.pipeline.hf_config import FORMAT_VERSION, SphinxConfig
 from sphinx_mllm.pipeline.model import SphinxModel
-from sphinx_mllm.pipeline.processor import PROCESSOR_FILE, TOKENIZER_DIR, SphinxProcessor
+from sphinx_mllm.pipeline.processor import PROCESSOR_FILE, SphinxProcessor, saved_tokenizer
 
-CONFIG_FILE = "config.yaml"
-MANIFEST_FILE = "checkpoint.json"
-FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+LEGACY_CONFIG_FILE = "config.yaml"  # format 1
+LEGACY_MANIFEST_FILE = "checkpoint.json"  # format 1
 WRITER = "sphinx-pipeline"  # the marker an earlier checkpoint must carry to be replaced
 DEFAULT_SHARD_BYTES = 5 * 1024**3
 
@@ -60,29 +69,29 @@ def save_pretrained(
     """Write `model` to `directory` atomically; an existing directory is refused unless
     `overwrite`, and even then unless it is an earlier checkpoint (its marker file) holding none
     of `inputs` (the files the model was read from). Frozen encoders whose config names a
-    pretrained source are referenced by that source instead of copied, unless
+    pretrained source are referenced by that source (with a checksum) instead of copied, unless
     `reference_frozen_encoders=False`. `before_commit` may add files to the hidden directory
     before it is renamed into place (a trainer's state)."""
-    if model.config is None:
+    if model.model_config is None:
         raise ValueError(
             "This SphinxModel has no ModelConfig (it was assembled from parts by hand), so a "
             "checkpoint could not describe it; build it with build_model(config, components=...)"
         )
-    config = config_to_save(model)
+    model_config = config_to_save(model)
     referenced = _referenced_encoders(model) if reference_frozen_encoders else {}
-    tensors, tied = _unique_tensors(model, skip_prefixes=tuple(f"{p}." for p in referenced))
+    tensors = _unique_tensors(model, skip_prefixes=tuple(f"{p}." for p in referenced))
+    config = SphinxConfig.of(
+        model_config,
+        model.image_token_id,
+        referenced_encoders=referenced,
+        architectures=[type(model).__name__],
+    )
     output = AtomicOutputDirectory(directory, writer=WRITER, force=overwrite, inputs=inputs)
     try:
-        config.save(output.path / CONFIG_FILE)
-        _write_weights(output.path, tensors, shard_bytes, config)
+        config.to_json_file(output.path / CONFIG_FILE)
+        _write_weights(output.path, tensors, shard_bytes, model_config)
         if model.processor is not None:
             model.processor.save_pretrained(output.path)
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "tied": tied,
-            "referenced_encoders": referenced,
-        }
-        (output.path / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         if before_commit is not None:
             before_commit(output.path)
         return output.commit()
@@ -101,10 +110,10 @@ _NOT_ARCHITECTURE = (
 
 
 def config_to_save(model: SphinxModel) -> ModelConfig:
-    """`model.config` with the LLM's whole transformers config in `llm.config`, so that loading
-    builds the same architecture (rope settings, grouped-query attention, tied embeddings, a
-    resized vocabulary...) whatever the preset name says. An LLM that `AutoModelForCausalLM`
-    would not rebuild from its config is refused, naming its class."""
+    """`model.model_config` with the LLM's whole transformers config in `llm.config`, so that
+    loading builds the same architecture (rope settings, grouped-query attention, tied
+    embeddings, a resized vocabulary...) whatever the preset name says. An LLM that
+    `AutoModelForCausalLM` would not rebuild from its config is refused, naming its class."""
     from transformers import AutoModelForCausalLM, PretrainedConfig
 
     llm = model.llm
@@ -129,7 +138,118 @@ def config_to_save(model: SphinxModel) -> ModelConfig:
     settings = architecture.to_dict()
     for key in _NOT_ARCHITECTURE:
         settings.pop(key, None)
-    return model.config.replace(**{"llm.config": settings, "llm.overrides": {}})
+    return model.model_config.replace(**{"llm.config": settings, "llm.overrides": {}})
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckpointDescription:
+    """What a checkpoint directory says about its model: the `ModelConfig`, the image-token id
+    (None in format 1: the tokenizer gives it), the referenced encoders (weight prefix ->
+    source and SHA-256, the SHA-256 None in format 1), and the tensors format 1 left out as
+    tied. `config_path` is the file that describes it."""
+
+    model_config: ModelConfig
+    config_path: Path
+    image_token_id: int | None = None
+    referenced: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    tied: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+
+def describe_checkpoint(directory: str | Path) -> CheckpointDescription:
+    """Read and check a checkpoint's description (either format); `CheckpointError` or
+    `ConfigError` name the file at fault."""
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"No checkpoint directory at {directory}")
+    if (directory / CONFIG_FILE).is_file():
+        return _describe(directory / CONFIG_FILE)
+    if (directory / LEGACY_CONFIG_FILE).is_file() or (directory / LEGACY_MANIFEST_FILE).is_file():
+        return _describe_legacy(directory)
+    raise CheckpointError(
+        f"{directory} is not a sphinx-pipeline checkpoint: {CONFIG_FILE} is missing"
+    )
+
+
+def _describe(path: Path) -> CheckpointDescription:
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict) or data.get("model_type") != SphinxConfig.model_type:
+        kind = data.get("model_type") if isinstance(data, dict) else None
+        raise CheckpointError(
+            f"{path} describes a {kind!r} model, not a sphinx-pipeline checkpoint "
+            f"(model_type {SphinxConfig.model_type!r})"
+        )
+    version = data.get("sphinx_format")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: sphinx_format {version!r}, this sphinx-pipeline reads {FORMAT_VERSION}"
+        )
+    if not isinstance(data.get("model"), dict):
+        raise CheckpointError(
+            f"{path}: 'model' must hold the model config, got {data.get('model')!r}"
+        )
+    try:
+        model_config = ModelConfig.from_dict(data["model"])
+    except ConfigError as error:
+        raise error.within(f"{path}: model") from error
+    image_token_id = data.get("image_token_id")
+    if isinstance(image_token_id, bool) or not isinstance(image_token_id, int):
+        raise CheckpointError(f"{path}: image_token_id must be an integer, got {image_token_id!r}")
+    referenced = data.get("referenced_encoders", {})
+    if not isinstance(referenced, dict) or not all(
+        isinstance(entry, dict)
+        and isinstance(entry.get("source"), str)
+        and isinstance(entry.get("sha256"), str)
+        for entry in referenced.values()
+    ):
+        raise CheckpointError(
+            f"{path}: referenced_encoders must map weight prefixes to {{source, sha256}}, got "
+            f"{referenced!r}"
+        )
+    return CheckpointDescription(model_config, path, image_token_id, referenced)
+
+
+def _describe_legacy(directory: Path) -> CheckpointDescription:
+    """Format 1: `config.yaml` and the manifest `checkpoint.json`."""
+    for required in (LEGACY_CONFIG_FILE, LEGACY_MANIFEST_FILE):
+        if not (directory / required).is_file():
+            raise CheckpointError(
+                f"{directory} is not a sphinx-pipeline checkpoint: {required} is missing"
+            )
+    path = directory / LEGACY_MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(manifest).__name__}")
+    if manifest.get("format_version") != 1:
+        raise CheckpointError(
+            f"{path}: format_version {manifest.get('format_version')!r}, this sphinx-pipeline "
+            f"reads 1 there ({FORMAT_VERSION} in {CONFIG_FILE})"
+        )
+    for key in ("tied", "referenced_encoders"):
+        entries = manifest.get(key, {})
+        if not isinstance(entries, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in entries.items()
+        ):
+            raise CheckpointError(f"{path}: {key} must map tensor names to names, got {entries!r}")
+    return CheckpointDescription(
+        ModelConfig.load(directory / LEGACY_CONFIG_FILE),
+        directory / LEGACY_CONFIG_FILE,
+        referenced={
+            prefix: {"source": source, "sha256": None}
+            for prefix, source in manifest.get("referenced_encoders", {}).items()
+        },
+        tied=dict(manifest.get("tied", {})),
+        format_version=1,
+    )
 
 
 def load_pretrained(
@@ -137,34 +257,42 @@ def load_pretrained(
     *,
     device: torch.device | str | None = None,
     components: dict[str, Any] | None = None,
+    dtype: torch.dtype | str | None = None,
+    config: SphinxConfig | None = None,
 ) -> SphinxModel:
-    """Rebuild the model a checkpoint describes and load its weights. A missing file, or weights
-    that do not fit the config, raise `CheckpointError` naming the file and the tensors."""
-    directory = Path(directory).expanduser()
-    if not directory.is_dir():
-        raise FileNotFoundError(f"No checkpoint directory at {directory}")
-    for required in (CONFIG_FILE, MANIFEST_FILE):
-        if not (directory / required).is_file():
-            raise CheckpointError(
-                f"{directory} is not a sphinx-pipeline checkpoint: {required} is missing"
-            )
-    manifest = _read_manifest(directory)
-    config = ModelConfig.load(directory / CONFIG_FILE)
+    """Rebuild the model a checkpoint describes and load its weights (in `dtype` when given,
+    else the saved one). A missing file, or weights that do not fit the config, raise
+    `CheckpointError` naming the file and the tensors. `config` is what transformers' Auto
+    classes pass: the directory's own config is read either way."""
+    description = describe_checkpoint(directory)
+    directory = description.config_path.parent
     components = dict(components or {})
-    if (directory / TOKENIZER_DIR).is_dir() and "tokenizer" not in components:
-        from transformers import AutoTokenizer
-
-        components["tokenizer"] = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR)
+    if "tokenizer" not in components:
+        tokenizer = saved_tokenizer(directory)
+        if tokenizer is not None:
+            components["tokenizer"] = tokenizer
+    model_config = description.model_config
+    if dtype is not None:
+        name = str(dtype).removeprefix("torch.")
+        model_config = model_config.replace(dtype=name)
     from sphinx_mllm.pipeline.building import build_model
 
     try:
-        model = build_model(_weights_from_checkpoint(config), device=device, components=components)
+        model = build_model(
+            _weights_from_checkpoint(model_config), device=device, components=components
+        )
     except ConfigError as error:
-        raise ConfigError(f"{directory / CONFIG_FILE}: {error}") from error
-    model.config = config
+        raise error.within(str(description.config_path)) from error
+    model.model_config = model_config
+    if description.image_token_id not in (None, model.image_token_id):
+        raise CheckpointError(
+            f"{description.config_path}: image_token_id {description.image_token_id}, but the "
+            f"model its config builds reads {model.image_token_id}"
+        )
     if (directory / PROCESSOR_FILE).is_file():
         model.processor = _saved_processor(directory, model)
-    _load_weights(model, directory, manifest)
+    _check_referenced(model, description)
+    _load_weights(model, directory, description)
     return model
 
 
@@ -192,36 +320,8 @@ def _saved_processor(directory: Path, model: SphinxModel) -> SphinxProcessor:
 def load_weights(model: SphinxModel, directory: str | Path) -> None:
     """Load a checkpoint's weights into an existing model of the same config (checked first:
     nothing changes unless every tensor fits)."""
-    directory = Path(directory).expanduser()
-    if not (directory / MANIFEST_FILE).is_file():
-        raise CheckpointError(
-            f"{directory} is not a sphinx-pipeline checkpoint: no {MANIFEST_FILE}"
-        )
-    _load_weights(model, directory, _read_manifest(directory))
-
-
-def _read_manifest(directory: Path) -> dict[str, Any]:
-    """`checkpoint.json`, checked: a JSON object of this format version, with a mapping of
-    tied tensors and of referenced encoders."""
-    path = directory / MANIFEST_FILE
-    try:
-        manifest = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(manifest, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, got {type(manifest).__name__}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: format_version {manifest.get('format_version')!r}, this sphinx-pipeline "
-            f"reads {FORMAT_VERSION}"
-        )
-    for key in ("tied", "referenced_encoders"):
-        entries = manifest.get(key, {})
-        if not isinstance(entries, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in entries.items()
-        ):
-            raise CheckpointError(f"{path}: {key} must map tensor names to names, got {entries!r}")
-    return manifest
+    description = describe_checkpoint(directory)
+    _load_weights(model, description.config_path.parent, description)
 
 
 def _weights_from_checkpoint(config: ModelConfig) -> ModelConfig:
@@ -230,15 +330,50 @@ def _weights_from_checkpoint(config: ModelConfig) -> ModelConfig:
     return config.replace(**{"llm.pretrained": False})
 
 
-def _referenced_encoders(model: SphinxModel) -> dict[str, str]:
-    """`visual.encoders.<stream>` -> pretrained source, for frozen encoders that have one."""
+def _referenced_encoders(model: SphinxModel) -> dict[str, dict[str, str]]:
+    """`visual.encoders.<stream>` -> pretrained source and the SHA-256 of the weights, for
+    frozen encoders that have a source."""
     referenced = {}
-    specs = model.config.vision.encoders
+    specs = model.model_config.vision.encoders
     for spec, (stream, encoder) in zip(specs, model.visual.encoders.items(), strict=False):
         source = spec.options.get("pretrained")
         if source not in (None, False) and encoder.frozen:
-            referenced[f"visual.encoders.{stream}"] = str(source)
+            referenced[f"visual.encoders.{stream}"] = {
+                "source": str(source),
+                "sha256": weights_digest(encoder),
+            }
     return referenced
+
+
+def _check_referenced(model: SphinxModel, description: CheckpointDescription) -> None:
+    """Each referenced encoder, rebuilt from its source, has the weights it was saved with."""
+    modules = dict(model.named_modules())
+    for prefix, entry in description.referenced.items():
+        if prefix not in modules:
+            raise CheckpointError(
+                f"{description.config_path}: the referenced encoder {prefix} is not in the model "
+                "its config builds"
+            )
+        expected = entry.get("sha256")
+        if expected is None:  # format 1 stored no checksum
+            continue
+        found = weights_digest(modules[prefix])
+        if found != expected:
+            raise CheckpointError(
+                f"{description.config_path}: the weights of {prefix} rebuilt from "
+                f"{entry['source']!r} have SHA-256 {found[:16]}..., the model was saved with "
+                f"{expected[:16]}...: the source changed since"
+            )
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 over a module's state: each tensor's name, dtype, shape and bytes, in order."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def tied_aliases(state: dict[str, torch.Tensor]) -> dict[str, str]:
@@ -254,11 +389,8 @@ def tied_aliases(state: dict[str, torch.Tensor]) -> dict[str, str]:
     return aliases
 
 
-def _unique_tensors(
-    model: SphinxModel, skip_prefixes: tuple[str, ...]
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The state dict without referenced encoders, each shared tensor stored once; `tied` maps
-    each left-out alias to the name that is stored."""
+def _unique_tensors(model: SphinxModel, skip_prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The state dict without referenced encoders, each shared tensor stored once."""
     state = {
         name: tensor
         for name, tensor in model.state_dict().items()
@@ -272,16 +404,23 @@ def _unique_tensors(
         if tensor.device.type == "meta":
             raise ValueError(f"{name} is on the meta device: there are no weights to save")
         tensors[name] = tensor
-    return tensors, tied
+    return tensors
 
 
 def _write_weights(
     directory: Path, tensors: dict[str, torch.Tensor], shard_bytes: int, config: ModelConfig
 ) -> None:
+    write_weights(directory, tensors, shard_bytes, {"format": "pt", "sphinx_model": config.name})
+
+
+def write_weights(
+    directory: Path, tensors: dict[str, torch.Tensor], shard_bytes: int, metadata: dict[str, str]
+) -> None:
+    """`tensors` as `model.safetensors`, or as shards of at most `shard_bytes` with the
+    `model.safetensors.index.json` transformers reads, streamed tensor by tensor."""
     planned = [OutputTensor(name, t.dtype, tuple(t.shape)) for name, t in tensors.items()]
     shards = plan_shards(planned, shard_bytes)
     names = ["model.safetensors"] if len(shards) == 1 else shard_names(len(shards))
-    metadata = {"format": "pt", "sphinx_model": config.name}
     for shard, file_name in zip(shards, names, strict=True):
         writer = StreamingShardWriter(directory / file_name, shard, metadata)
         for tensor in shard:
@@ -290,15 +429,15 @@ def _write_weights(
         write_index(directory, shards, names)
 
 
-def _load_weights(model: SphinxModel, directory: Path, manifest: dict[str, Any]) -> None:
+def _load_weights(model: SphinxModel, directory: Path, description: CheckpointDescription) -> None:
     try:
         checkpoint = ModelCheckpoint(directory)
     except (CheckpointError, FileNotFoundError) as error:
         raise CheckpointError(f"{directory}: cannot read the weights: {error}") from error
     with checkpoint:
         state = model.state_dict()
-        referenced = tuple(f"{prefix}." for prefix in manifest.get("referenced_encoders", {}))
-        tied = manifest.get("tied", {})
+        referenced = tuple(f"{prefix}." for prefix in description.referenced)
+        tied = {**tied_aliases(state), **description.tied}
         expected = {name for name in state if name not in tied and not name.startswith(referenced)}
         stored = set(checkpoint.names())
         problems = weight_problems(
@@ -312,17 +451,18 @@ def _load_weights(model: SphinxModel, directory: Path, manifest: dict[str, Any])
         )
         if problems:
             raise CheckpointError(
-                f"The weights in {directory} do not fit its {CONFIG_FILE}:\n" + "\n".join(problems)
+                f"The weights in {directory} do not fit its {description.config_path.name}:\n"
+                + "\n".join(problems)
             )
         with torch.no_grad():
             for name in sorted(expected):
                 target = state[name]
                 target.copy_(checkpoint.get(name).to(dtype=target.dtype))
-    for alias, source in tied.items():
+    for alias, source in description.tied.items():
         if state[alias].data_ptr() != state[source].data_ptr():
             raise CheckpointError(
-                f"{directory / MANIFEST_FILE} says {alias} is tied to {source}, but the model "
-                "built from the config does not tie them"
+                f"{directory / LEGACY_MANIFEST_FILE} says {alias} is tied to {source}, but the "
+                "model built from the config does not tie them"
             )
 
 

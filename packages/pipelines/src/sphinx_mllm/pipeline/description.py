@@ -61,14 +61,14 @@ def describe_model(model: SphinxModel) -> dict[str, Any]:
     components.append(
         {
             "role": "llm",
-            "name": model.config.llm.name if model.config else type(model.llm).__name__,
+            "name": model.model_config.llm.name if model.model_config else type(model.llm).__name__,
             "detail": f"{config.model_type}, {config.num_hidden_layers} layers, width "
             f"{config.hidden_size}, vocabulary {config.vocab_size}",
             "parameters": _count(model.llm),
         }
     )
     return {
-        "name": model.config.name if model.config else "custom",
+        "name": model.model_config.name if model.model_config else "custom",
         "placement": None if model.processor is None else model.processor.placement,
         "template": None if model.processor is None else model.processor.template.name,
         "dtype": str(model.dtype).removeprefix("torch."),

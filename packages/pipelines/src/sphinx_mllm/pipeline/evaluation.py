@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +26,9 @@ from sphinx_mllm.data.readers.llava import read_llava
 from sphinx_mllm.pipeline.generation import generate
 from sphinx_mllm.pipeline.images import open_image
 from sphinx_mllm.pipeline.training.data import DataSource, with_readable_images
+
+if TYPE_CHECKING:
+    from sphinx_mllm.pipeline.model import SphinxModel
 
 METRICS = ("auto", "exact", "vqa", "rec")
 AUTO_METRIC = {"vqa": "vqa", "rec": "rec"}
@@ -115,7 +118,7 @@ def metric_for(record: dict[str, Any], metric: str) -> str:
 
 
 def evaluate(
-    model: Any,
+    model: SphinxModel,
     sources: Sequence[DataSource],
     *,
     metric: str = "auto",
@@ -158,7 +161,7 @@ def records_to_score(
     return items
 
 
-def _predict(model, chunk, metric: str, extra_tokens: int) -> list[Prediction]:
+def _predict(model: SphinxModel, chunk, metric: str, extra_tokens: int) -> list[Prediction]:
     conversations, images, references, paths = [], [], [], []
     for source, record in chunk:
         turns = record["conversations"]

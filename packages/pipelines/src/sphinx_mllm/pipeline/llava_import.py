@@ -3,7 +3,7 @@ config.json and safetensors) as a `SphinxModel` built from the toolkit's own com
 
 ```python
 model = from_llava("llava-1.5-7b-hf", dtype="float16")   # or SphinxModel.from_llava(...)
-model.save_pretrained("llava-1.5-7b")                     # config.yaml + model.safetensors
+model.save_pretrained("llava-1.5-7b")                     # config.json + model.safetensors
 ```
 
 The vision tower becomes an `hf_vision` encoder (same feature layer(s), CLS kept or dropped as

@@ -9,8 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sphinx_mllm.llm.merging import MergeRecipe, Model, run_merge
-from sphinx_mllm.pipeline.checkpoint import CONFIG_FILE
-from sphinx_mllm.pipeline.config import ModelConfig
+from sphinx_mllm.pipeline.checkpoint import describe_checkpoint
 
 LLM_TENSORS = "llm.*"
 
@@ -20,15 +19,8 @@ def mix_llm_weights(
 ) -> str:
     """Write the mixed checkpoint to `out` (atomically); returns a summary of the merge."""
     first, second = Path(first).expanduser(), Path(second).expanduser()
-    for path in (first, second):
-        if not (path / CONFIG_FILE).is_file():
-            raise FileNotFoundError(
-                f"{path} is not a sphinx-pipeline checkpoint (no {CONFIG_FILE})"
-            )
-    config_a, config_b = (
-        ModelConfig.load(first / CONFIG_FILE),
-        ModelConfig.load(second / CONFIG_FILE),
-    )
+    config_a = describe_checkpoint(first).model_config
+    config_b = describe_checkpoint(second).model_config
     if config_a.llm != config_b.llm:
         raise ValueError(
             f"{first} and {second} hold different LLMs ({config_a.llm} vs {config_b.llm}); "

@@ -24,10 +24,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, PreTrainedModel
 
 from sphinx_mllm.mixer import VisualStack
 from sphinx_mllm.mixer.stack import VisualTokens
 from sphinx_mllm.pipeline.config import ModelConfig
+from sphinx_mllm.pipeline.hf_config import SphinxConfig
 from sphinx_mllm.pipeline.placement import (
     IGNORE_INDEX,
     PlacedSequence,
@@ -37,6 +39,11 @@ from sphinx_mllm.pipeline.placement import (
 from sphinx_mllm.pipeline.processor import SphinxProcessor
 
 Pixels = torch.Tensor | Sequence[torch.Tensor]
+# what transformers' Auto classes pass to from_pretrained for the hub; a local directory needs none
+_HUB_OPTIONS = frozenset(
+    {"cache_dir", "force_download", "local_files_only", "proxies", "subfolder", "_from_auto",
+     "trust_remote_code", "revision", "token", "code_revision", "adapter_kwargs"}
+)  # fmt: skip
 
 
 @dataclass
@@ -59,10 +66,20 @@ class EmbeddedInputs:
     sequence: PlacedSequence
 
 
-class SphinxModel(nn.Module):
-    """Visual stack + causal LM. Build one with `build_model(config)` (or a preset:
-    `build_model("demo")`), load one with `SphinxModel.from_pretrained(dir)`, or pass the parts.
-    `processor` is the model's text and image side (None for a model assembled by hand)."""
+class SphinxModel(PreTrainedModel):
+    """Visual stack + causal LM, a transformers `PreTrainedModel` whose `config` is a
+    `SphinxConfig` (`model.model_config` is the toolkit's `ModelConfig`). Build one with
+    `build_model(config)` (or a preset: `build_model("demo")`), load one with
+    `SphinxModel.from_pretrained(dir)` or `AutoModel.from_pretrained(dir)`, or pass the parts.
+    `processor` is the model's text and image side (None for a model assembled by hand).
+
+    Weights are not initialised by transformers: every component initialises itself (and a
+    pretrained encoder or LLM arrives with its weights), so `post_init` is not run."""
+
+    config_class = SphinxConfig
+    base_model_prefix = "sphinx"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = False
 
     def __init__(
         self,
@@ -70,10 +87,12 @@ class SphinxModel(nn.Module):
         llm: nn.Module,
         *,
         image_token_id: int,
-        config: ModelConfig | None = None,
+        config: ModelConfig | SphinxConfig | None = None,
         processor: SphinxProcessor | None = None,
     ) -> None:
-        super().__init__()
+        if not isinstance(config, SphinxConfig):
+            config = SphinxConfig.of(config, image_token_id)
+        super().__init__(config)
         llm_width = llm.get_input_embeddings().embedding_dim
         if visual.out_dim != llm_width:
             raise ValueError(
@@ -88,8 +107,37 @@ class SphinxModel(nn.Module):
         self.visual = visual
         self.llm = llm
         self.image_token_id = image_token_id
-        self.config = config
+        self.config.image_token_id = image_token_id
         self.processor = processor
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        """`generate` continues prompts with the LLM's own `GenerationMixin.generate`."""
+        return True
+
+    @classmethod
+    def _from_config(cls, config: SphinxConfig, **options: Any) -> SphinxModel:
+        """The model `config` describes, random-initialised (`AutoModel.from_config`)."""
+        from sphinx_mllm.pipeline.building import build_model
+
+        if config.model_config is None:
+            raise ValueError("This SphinxConfig carries no ModelConfig to build a model from")
+        return build_model(config.model_config, **options)
+
+    @property
+    def model_config(self) -> ModelConfig | None:
+        """The toolkit's description of this model (None when assembled from parts by hand)."""
+        return self.config.model_config
+
+    @model_config.setter
+    def model_config(self, value: ModelConfig | None) -> None:
+        self.config.model_config = value
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.llm.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.llm.get_output_embeddings()
 
     # -- what the model declares ---------------------------------------------------------------
 
@@ -219,9 +267,17 @@ class SphinxModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: Any, **options: Any) -> SphinxModel:
+        """A checkpoint directory's model (`checkpoint.load_pretrained`: `device`, `dtype`,
+        `components`). The hub options transformers' Auto classes pass along are taken, and
+        have nothing to do for a local directory (`subfolder` is followed)."""
+        from pathlib import Path
+
         from sphinx_mllm.pipeline.checkpoint import load_pretrained
 
-        return load_pretrained(directory, **options)
+        hub = {key: options.pop(key) for key in list(options) if key in _HUB_OPTIONS}
+        if "torch_dtype" in options:  # transformers' former name
+            options.setdefault("dtype", options.pop("torch_dtype"))
+        return load_pretrained(Path(directory) / (hub.get("subfolder") or ""), **options)
 
     @classmethod
     def from_llava(cls, path: Any, **options: Any) -> SphinxModel:
@@ -238,10 +294,30 @@ class SphinxModel(nn.Module):
         return generate(self, input_ids, pixel_values, **options)
 
     @classmethod
-    def from_config(cls, config: ModelConfig | str, **options: Any) -> SphinxModel:
+    def from_config(cls, config: ModelConfig | SphinxConfig | str, **options: Any) -> SphinxModel:
         from sphinx_mllm.pipeline.building import build_model
 
+        if isinstance(config, SphinxConfig):
+            return cls._from_config(config, **options)
         return build_model(config, **options)
+
+
+def register_auto_classes() -> None:
+    """Let transformers' Auto classes read `sphinx` checkpoints (done on importing this module):
+    `AutoConfig`, `AutoModel` and `AutoModelForImageTextToText` give `SphinxConfig` and
+    `SphinxModel`, `AutoProcessor` the `SphinxProcessor`."""
+    from transformers import AutoProcessor
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if SphinxConfig.model_type in CONFIG_MAPPING:
+        return
+    AutoConfig.register(SphinxConfig.model_type, SphinxConfig)
+    AutoModel.register(SphinxConfig, SphinxModel)
+    AutoModelForImageTextToText.register(SphinxConfig, SphinxModel)
+    AutoProcessor.register(SphinxConfig, SphinxProcessor)
+
+
+register_auto_classes()
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

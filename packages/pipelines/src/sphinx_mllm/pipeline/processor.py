@@ -46,10 +46,12 @@ from sphinx_mllm.data.templates import (
 
 PLACEMENTS = ("placeholder", "prefix")
 PROCESSOR_FILE = "processor_config.json"
-TOKENIZER_DIR = "tokenizer"
+LEGACY_TOKENIZER_DIR = "tokenizer"  # where format-1 checkpoints keep the tokenizer
 PROCESSOR_FORMAT = 1
 
 Conversation = Sequence[Mapping[str, Any]]
+# what transformers' AutoProcessor passes along, which a local directory has no use for
+_AUTO_OPTIONS = frozenset({"_from_auto", "trust_remote_code", "revision", "local_files_only"})
 
 
 @dataclass
@@ -350,18 +352,28 @@ class SphinxProcessor:
         }
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """`processor_config.json`, and the tokenizer in `tokenizer/`, into `directory`."""
+        """`processor_config.json` and the tokenizer's files into `directory` (the Hugging Face
+        layout: `AutoTokenizer.from_pretrained(directory)` reads the tokenizer)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.to_dict(), indent=2) + "\n"
         if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
+            self.tokenizer.save_pretrained(directory)
         (directory / PROCESSOR_FILE).write_text(text)
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, *, tokenizer: Any = None) -> SphinxProcessor:
-        """The processor `save_pretrained` wrote (a model checkpoint holds one)."""
+    def from_pretrained(
+        cls, directory: str | Path, *, tokenizer: Any = None, **options: Any
+    ) -> SphinxProcessor:
+        """The processor `save_pretrained` wrote (a model checkpoint holds one; also what
+        `AutoProcessor.from_pretrained` gives, whose hub options are refused by name: only
+        local directories are read)."""
+        unknown = sorted(set(options) - _AUTO_OPTIONS)
+        if unknown:
+            raise TypeError(
+                f"SphinxProcessor.from_pretrained reads a local directory; it takes no {unknown}"
+            )
         directory = Path(directory).expanduser()
         path = directory / PROCESSOR_FILE
         if not path.is_file():
@@ -370,10 +382,8 @@ class SphinxProcessor:
             data = json.loads(path.read_text())
         except (ValueError, UnicodeDecodeError) as error:
             raise ValueError(f"{path} is not valid JSON: {error}") from error
-        if tokenizer is None and (directory / TOKENIZER_DIR).is_dir():
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR)
+        if tokenizer is None:
+            tokenizer = saved_tokenizer(directory)
         return cls.from_dict(data, tokenizer=tokenizer, where=str(path))
 
     @classmethod
@@ -429,6 +439,16 @@ class SphinxProcessor:
             f"image_token_id={self.image_token_id}, tokens_per_view={self.tokens_per_view}, "
             f"tokenizer={tokenizer})"
         )
+
+
+def saved_tokenizer(directory: Path) -> Any:
+    """The tokenizer saved beside the processor (or in `tokenizer/`, format 1), or None."""
+    from transformers import AutoTokenizer
+
+    for where in (directory, directory / LEGACY_TOKENIZER_DIR):
+        if (where / "tokenizer_config.json").is_file():
+            return AutoTokenizer.from_pretrained(where)
+    return None
 
 
 def _asks_for_reply(message: Mapping[str, Any]) -> bool:

@@ -1,5 +1,6 @@
 """`sphinx-pipeline import-llava`: a Hugging Face LLaVA checkpoint as a sphinx-pipeline
-checkpoint (config.yaml, model.safetensors, tokenizer), with a table of what was imported."""
+checkpoint (config.json, model.safetensors, processor and tokenizer), with a table of what was
+imported; `sphinx-pipeline export-llava`: the other way, for models LLaVA can express."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def import_summary(model: SphinxModel) -> list[tuple[str, str]]:
     """(component, description) rows of a model imported from LLaVA (one `hf_vision` encoder)."""
     from sphinx_mllm.pipeline.llava_import import ENCODER
 
-    config = model.config
+    config = model.model_config
     spec = config.vision.encoders[0]
     encoder = model.visual.encoders[ENCODER]
     tower = encoder.model.config
@@ -109,5 +110,67 @@ def _parameter_counts(model: SphinxModel) -> str:
     return f"{count(model):,} ({listed})"
 
 
+def export_llava(
+    checkpoint: Annotated[Path, typer.Argument(help="A sphinx-pipeline checkpoint directory.")],
+    out: Annotated[Path, typer.Argument(help="The LLaVA directory to write.")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Replace OUT if an earlier export-llava wrote it (never other files, never a "
+            "directory holding CKPT)."
+        ),
+    ] = False,
+) -> None:
+    """Write a checkpoint as a Hugging Face LlavaForConditionalGeneration directory.
+
+    Example: sphinx-pipeline export-llava ./my-llava ./my-llava-hf
+    """
+    from sphinx_mllm.core.outputs import check_replaceable
+    from sphinx_mllm.pipeline.llava_export import WRITER, to_llava
+    from sphinx_mllm.pipeline.model import SphinxModel
+
+    if out.exists():  # checked before loading, and again under the output's lock
+        if not force:
+            raise FileExistsError(f"{out} exists; pass --force to replace it")
+        check_replaceable(out.resolve(), WRITER, inputs=[checkpoint])
+    model = SphinxModel.from_pretrained(checkpoint)
+    written = to_llava(model, out, overwrite=force, inputs=[checkpoint])
+    typer.echo(
+        f"Exported {checkpoint} -> {written} (LlavaForConditionalGeneration, "
+        f"{model.num_visual_tokens()} visual tokens per image, image token id "
+        f"{model.image_token_id})"
+    )
+
+
+def convert_checkpoint(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A checkpoint directory, of format 1 (config.yaml) or 2.")
+    ],
+    out: Annotated[Path, typer.Argument(help="The checkpoint directory to write (format 2).")],
+    force: Annotated[
+        bool,
+        typer.Option(help="Replace OUT if it is an earlier sphinx-pipeline checkpoint."),
+    ] = False,
+) -> None:
+    """Rewrite a checkpoint in the current format (config.json, Hugging Face layout).
+
+    Example: sphinx-pipeline convert-checkpoint runs/old/model runs/old/model-v2
+    """
+    from sphinx_mllm.core.outputs import check_replaceable
+    from sphinx_mllm.pipeline.checkpoint import WRITER, describe_checkpoint
+    from sphinx_mllm.pipeline.model import SphinxModel
+
+    if out.exists():
+        if not force:
+            raise FileExistsError(f"{out} exists; pass --force to replace it")
+        check_replaceable(out.resolve(), WRITER, inputs=[checkpoint])
+    version = describe_checkpoint(checkpoint).format_version
+    model = SphinxModel.from_pretrained(checkpoint)
+    written = model.save_pretrained(out, overwrite=force, inputs=[checkpoint])
+    typer.echo(f"Converted {checkpoint} (format {version}) -> {written} (format 2)")
+
+
 def register(app: typer.Typer) -> None:
     add_command(app, import_llava, "import-llava")
+    add_command(app, export_llava, "export-llava")
+    add_command(app, convert_checkpoint, "convert-checkpoint")

@@ -2,7 +2,7 @@
 state, written atomically every N steps, the last k kept.
 
     RUN/checkpoints/step-000100/
-        config.yaml, model.safetensors, tokenizer/, checkpoint.json     (the model)
+        config.json, model.safetensors, processor and tokenizer files    (the model)
         trainer/optimizer.safetensors   optimizer tensors, by parameter name
         trainer/state.json              step, data position, scheduler, optimizer hyper-parameters,
                                         Python RNG, the names of what trains
