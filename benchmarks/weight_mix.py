@@ -60,7 +60,9 @@ def sources(root: Path, split: str) -> list[DataSource]:
 
 
 def train(model, data_root: Path, run: Path, config: TrainConfig) -> float:
-    data = TrainingData.build(model.processor, sources(data_root, "train"), max_length=config.max_length)
+    data = TrainingData.build(
+        model.processor, sources(data_root, "train"), max_length=config.max_length
+    )
     started = time.perf_counter()
     Trainer(model, data, config, run, progress=True).train()
     return time.perf_counter() - started
