@@ -333,7 +333,7 @@ def generation_row(
             prompt.views,
             attention_mask=prompt.attention_mask,
             max_new_tokens=NEW_TOKENS,
-            eos_token_id=-1,  # random weights: always generate NEW_TOKENS
+            eos_token_id=[],  # random weights: always generate NEW_TOKENS
         )
         produced["ours"] = output.sequences
 

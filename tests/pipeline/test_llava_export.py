@@ -142,3 +142,19 @@ def test_a_demo_checkpoint_is_refused_on_the_command_line(tmp_path):
         "timm[resnet18] (TimmEncoder), tiny_timm_convnet (TimmEncoder)"
     ]
     assert SphinxModel.from_pretrained(tmp_path / "ckpt").num_visual_tokens() == 67
+
+
+def test_the_llava_preset_maps_onto_llava_tensor_for_tensor():
+    """The real-size `llava-1.5` preset, built on the meta device: every tensor has its place
+    and shape in `LlavaForConditionalGeneration` (writing it would need 14 GB)."""
+    from sphinx_mllm.pipeline.llava_export import _llava_tensors, llava_config
+
+    model = build_model("llava-1.5", device="meta")
+    config = llava_config(model)
+    assert (config.vision_feature_layer, config.vision_feature_select_strategy) == (-2, "default")
+    assert config.image_seq_length == model.num_visual_tokens() == 576
+    with torch.device("meta"):
+        expected = LlavaForConditionalGeneration(config).state_dict()
+    tensors = _llava_tensors(model, expected, config)
+    assert set(tensors) == set(expected)
+    assert sum(t.numel() for t in tensors.values()) == sum(p.numel() for p in model.parameters())

@@ -33,7 +33,6 @@ from sphinx_mllm.mixer.sequence_concat import SequenceConcatMixer
 from sphinx_mllm.pipeline.checkpoint import (
     DEFAULT_SHARD_BYTES,
     config_to_save,
-    tied_aliases,
     weight_problems,
     write_weights,
 )
@@ -202,7 +201,7 @@ def _llava_tensors(
         raise LlavaExportError(
             "The LLM carries LoRA adapters; merge them first (peft's merge_and_unload)"
         )
-    ours_tied = tied_aliases(state)
+    ours_tied = _tied_parameters(model)
     tied_head = "lm_head.weight" if config.tie_word_embeddings else None
     tensors: dict[str, torch.Tensor] = {}
     unexpected, shapes = [], []
@@ -225,3 +224,15 @@ def _llava_tensors(
             "The model's tensors do not fill LlavaForConditionalGeneration:\n" + "\n".join(problems)
         )
     return tensors
+
+
+def _tied_parameters(model: nn.Module) -> set[str]:
+    """The names of parameters that are another name's parameter (a tied LM head), found by
+    identity, which holds on the meta device too."""
+    seen: set[int] = set()
+    tied = set()
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        if id(parameter) in seen:
+            tied.add(name)
+        seen.add(id(parameter))
+    return tied
