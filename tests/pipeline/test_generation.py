@@ -89,6 +89,39 @@ def test_greedy_with_the_cache_matches_recomputing_the_whole_sequence(model):
     assert len(set(expected)) > 1
 
 
+def _previous_loop(model, input_ids, pixels, attention_mask, steps):
+    """The generation loop this toolkit had before it used transformers' `generate`: one
+    prefill through `embed_inputs`, then one greedy token per step with the LLM's KV cache."""
+    from transformers import DynamicCache
+
+    embedded = model.embed_inputs(input_ids, pixels, attention_mask)
+    mask, cache = embedded.sequence.attention_mask, DynamicCache(config=model.llm.config)
+    logits = model.llm(
+        inputs_embeds=embedded.inputs_embeds, attention_mask=mask, use_cache=True,
+        position_ids=embedded.sequence.position_ids, cache=cache,
+    ).logits[:, -1]  # fmt: skip
+    tokens = []
+    for _ in range(steps):
+        tokens.append(logits.argmax(dim=-1))
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        logits = model.llm(
+            input_ids=tokens[-1][:, None], attention_mask=mask, use_cache=True,
+            position_ids=mask.sum(dim=1, keepdim=True) - 1, cache=cache,
+        ).logits[:, -1]  # fmt: skip
+    return torch.stack(tokens, dim=1)
+
+
+@pytest.mark.parametrize("placement", ["placeholder", "prefix"])
+def test_greedy_output_equals_the_previous_loop(model, prefix_model, placement):
+    chosen = model if placement == "placeholder" else prefix_model
+    input_ids, pixels, attention_mask = _batch(chosen)
+    with torch.no_grad():
+        expected = _previous_loop(chosen, input_ids, pixels, attention_mask, 16)
+    output = generate(chosen, input_ids, pixels, attention_mask=attention_mask,
+                      max_new_tokens=16, eos_token_id=NO_EOS)  # fmt: skip
+    assert torch.equal(output.sequences, expected)
+
+
 def test_a_left_padded_batch_gives_the_tokens_of_each_prompt_alone(model):
     input_ids, pixels, attention_mask = _batch(model)
     assert not attention_mask.all()  # the prompts differ in length
