@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import typer
 
-COMMAND_MODULES = ("describe", "generation", "llava", "training", "listing")
+COMMAND_MODULES = ("describe", "generation", "llava", "training", "listing", "serve")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 
 

@@ -70,7 +70,7 @@ def generate(
         raise typer.BadParameter("--draw needs --image: boxes are drawn on that image")
     _check_top_p(top_p)
     photo = _open_image(image)
-    model = _load_model(checkpoint, seed)
+    model = load_model_or_preset(checkpoint, seed)
     from sphinx_mllm.pipeline.generation import answer
 
     options = _generation_options(
@@ -104,7 +104,7 @@ def chat(
     """
     _check_top_p(top_p)
     photo = _open_image(image)
-    model = _load_model(checkpoint, seed)
+    model = load_model_or_preset(checkpoint, seed)
     options = _generation_options(
         max_new_tokens, temperature, top_p, top_k, repetition_penalty, 1, seed
     )
@@ -181,7 +181,7 @@ def _open_image(path: Path | None) -> Image.Image | None:
     return None if path is None else open_image(path)
 
 
-def _load_model(checkpoint: str, seed: int | None) -> SphinxModel:
+def load_model_or_preset(checkpoint: str, seed: int | None) -> SphinxModel:
     """The checkpoint directory's model, or a preset built with random weights (`seed`)."""
     import torch
 
