@@ -45,12 +45,16 @@ def test_encode_refuses_a_missing_image(tmp_path):
 
 
 COMMANDS = [
-    "components", "encode", "describe", "generate", "chat", "import-llava", "train", "eval",
-    "list", "merge",
+    "components", "encode", "describe", "generate", "chat", "import-llava", "export-llava",
+    "convert-checkpoint", "serve", "train", "eval", "list", "merge",
 ]  # fmt: skip
 
 
 def test_every_command_has_help_with_an_example():
+    import typer
+
+    registered = set(typer.main.get_command(app).commands)
+    assert registered == set(COMMANDS)  # a new command gets its help checked here too
     for command in COMMANDS:
         result = CliRunner().invoke(app, [command, "--help"], terminal_width=200)
         assert result.exit_code == 0, (command, result.output)
