@@ -11,6 +11,9 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+# what Pillow raises for data that is no image or is truncated or corrupt
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
+
 
 class ImageFileError(ValueError):
     """An image file that is missing or cannot be decoded."""
@@ -25,8 +28,7 @@ def open_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as opened:
             return opened.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        # Pillow reports truncated or corrupt data as OSError, SyntaxError or ValueError
+    except DECODE_ERRORS as error:
         raise ImageFileError(f"cannot read {path} as an image: {error}") from error
 
 

@@ -5,6 +5,7 @@ app = create_app(model, image_root="images/")     # a FastAPI app; run it with u
 ```
 """
 
-from sphinx_mllm.pipeline.serving.app import RequestError, ServerLimits, create_app
+from sphinx_mllm.pipeline.serving.app import create_app
+from sphinx_mllm.pipeline.serving.limits import RequestError, ServerLimits
 
 __all__ = ["RequestError", "ServerLimits", "create_app"]
