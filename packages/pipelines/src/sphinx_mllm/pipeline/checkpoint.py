@@ -100,12 +100,18 @@ def save_pretrained(
         raise
 
 
-# transformers config entries that say where a config came from or what a forward returns, not
-# the architecture (the dtype is the ModelConfig's)
+# fields of a transformers config that say where it came from, not what it builds
+PROVENANCE_FIELDS = (
+    "transformers_version",
+    "_name_or_path",
+    "architectures",
+    "dtype",
+    "torch_dtype",
+)
+# ... and those that say what a forward returns (the dtype is the ModelConfig's)
 _NOT_ARCHITECTURE = (
-    "transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures",
-    "id2label", "label2id", "problem_type", "output_attentions", "output_hidden_states",
-    "return_dict",
+    *PROVENANCE_FIELDS, "id2label", "label2id", "problem_type", "output_attentions",
+    "output_hidden_states", "return_dict",
 )  # fmt: skip
 
 

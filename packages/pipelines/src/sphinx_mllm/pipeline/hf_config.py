@@ -21,6 +21,12 @@ from transformers import PretrainedConfig
 from sphinx_mllm.pipeline.config import ModelConfig
 
 FORMAT_VERSION = 2
+# what transformers' Auto classes pass to `from_pretrained` for the hub; the toolkit reads local
+# directories only, so these have nothing to do (`subfolder` is followed)
+HUB_OPTIONS = frozenset(
+    {"cache_dir", "force_download", "local_files_only", "proxies", "subfolder", "_from_auto",
+     "trust_remote_code", "revision", "token", "code_revision", "adapter_kwargs"}
+)  # fmt: skip
 
 
 class SphinxConfig(PretrainedConfig):

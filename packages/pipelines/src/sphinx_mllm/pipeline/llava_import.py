@@ -30,7 +30,7 @@ from sphinx_mllm.llm.backbones import SUPPORTED_FAMILIES
 from sphinx_mllm.llm.merging.checkpoint import ModelCheckpoint
 from sphinx_mllm.mixer.views import OPENAI_CLIP_FILL
 from sphinx_mllm.pipeline.building import build_model
-from sphinx_mllm.pipeline.checkpoint import tied_aliases, weight_problems
+from sphinx_mllm.pipeline.checkpoint import PROVENANCE_FIELDS, tied_aliases, weight_problems
 from sphinx_mllm.pipeline.config import (
     DTYPES,
     EncoderSpec,
@@ -44,14 +44,6 @@ from sphinx_mllm.pipeline.model import SphinxModel
 ENCODER = "hf_vision"  # the registry name, which is also the stream's name in the visual stack
 PROJECTORS = {"gelu": "mlp2x_gelu"}  # LLaVA projector_hidden_act -> our projector
 KEEP_CLS = {"default": False, "full": True}  # vision_feature_select_strategy -> keep_cls
-# Fields of a transformers config that say where it came from, not what it builds.
-PROVENANCE_FIELDS = (
-    "transformers_version",
-    "_name_or_path",
-    "architectures",
-    "dtype",
-    "torch_dtype",
-)
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 

@@ -29,7 +29,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, Pre
 from sphinx_mllm.mixer import VisualStack
 from sphinx_mllm.mixer.stack import VisualTokens
 from sphinx_mllm.pipeline.config import ModelConfig
-from sphinx_mllm.pipeline.hf_config import SphinxConfig
+from sphinx_mllm.pipeline.hf_config import HUB_OPTIONS, SphinxConfig
 from sphinx_mllm.pipeline.placement import (
     IGNORE_INDEX,
     PlacedSequence,
@@ -39,11 +39,6 @@ from sphinx_mllm.pipeline.placement import (
 from sphinx_mllm.pipeline.processor import SphinxProcessor
 
 Pixels = torch.Tensor | Sequence[torch.Tensor]
-# what transformers' Auto classes pass to from_pretrained for the hub; a local directory needs none
-_HUB_OPTIONS = frozenset(
-    {"cache_dir", "force_download", "local_files_only", "proxies", "subfolder", "_from_auto",
-     "trust_remote_code", "revision", "token", "code_revision", "adapter_kwargs"}
-)  # fmt: skip
 
 
 @dataclass
@@ -274,7 +269,7 @@ class SphinxModel(PreTrainedModel):
 
         from sphinx_mllm.pipeline.checkpoint import load_pretrained
 
-        hub = {key: options.pop(key) for key in list(options) if key in _HUB_OPTIONS}
+        hub = {key: options.pop(key) for key in list(options) if key in HUB_OPTIONS}
         if "torch_dtype" in options:  # transformers' former name
             options.setdefault("dtype", options.pop("torch_dtype"))
         return load_pretrained(Path(directory) / (hub.get("subfolder") or ""), **options)

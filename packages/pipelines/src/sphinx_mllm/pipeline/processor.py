@@ -43,15 +43,14 @@ from sphinx_mllm.data.templates import (
     render,
     render_batch,
 )
+from sphinx_mllm.pipeline.config import PLACEMENTS
+from sphinx_mllm.pipeline.hf_config import HUB_OPTIONS
 
-PLACEMENTS = ("placeholder", "prefix")
 PROCESSOR_FILE = "processor_config.json"
 LEGACY_TOKENIZER_DIR = "tokenizer"  # where format-1 checkpoints keep the tokenizer
 PROCESSOR_FORMAT = 1
 
 Conversation = Sequence[Mapping[str, Any]]
-# what transformers' AutoProcessor passes along, which a local directory has no use for
-_AUTO_OPTIONS = frozenset({"_from_auto", "trust_remote_code", "revision", "local_files_only"})
 
 
 @dataclass
@@ -369,7 +368,7 @@ class SphinxProcessor:
         """The processor `save_pretrained` wrote (a model checkpoint holds one; also what
         `AutoProcessor.from_pretrained` gives, whose hub options are refused by name: only
         local directories are read)."""
-        unknown = sorted(set(options) - _AUTO_OPTIONS)
+        unknown = sorted(set(options) - HUB_OPTIONS)
         if unknown:
             raise TypeError(
                 f"SphinxProcessor.from_pretrained reads a local directory; it takes no {unknown}"
