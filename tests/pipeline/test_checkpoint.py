@@ -224,3 +224,15 @@ def test_the_auto_classes_load_a_checkpoint(tmp_path):
         assert torch.equal(model(**batch).logits, loaded(**batch).logits)
     random = AutoModel.from_config(config)
     assert isinstance(random, SphinxModel) and random.num_visual_tokens() == 67
+
+
+def test_an_encoder_digest_is_kept_until_its_weights_change():
+    from sphinx_mllm.encoders import create_encoder
+    from sphinx_mllm.pipeline.checkpoint import weights_digest
+
+    encoder = create_encoder("tiny_clip_vit")
+    first = weights_digest(encoder)
+    assert weights_digest(encoder) == first
+    with torch.no_grad():
+        next(encoder.parameters()).add_(1.0)
+    assert weights_digest(encoder) != first
