@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -298,43 +299,19 @@ def mix_cases(draw) -> Case:
 EXAMPLES = settings(max_examples=40, deadline=None)
 
 
+CASES = {
+    "coco": coco_cases,
+    "vqa": vqa_cases,
+    "gqa": gqa_cases,
+    "refcoco pickles": refcoco_cases,
+    "llava": llava_cases,
+    "flickr30k": flickr_cases,
+    "mix configs": mix_cases,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
 @EXAMPLES
-@given(case=coco_cases())
-def test_bad_coco_files(case):
-    run(case)
-
-
-@EXAMPLES
-@given(case=vqa_cases())
-def test_bad_vqa_files(case):
-    run(case)
-
-
-@EXAMPLES
-@given(case=gqa_cases())
-def test_bad_gqa_files(case):
-    run(case)
-
-
-@EXAMPLES
-@given(case=refcoco_cases())
-def test_bad_refcoco_pickles(case):
-    run(case)
-
-
-@EXAMPLES
-@given(case=llava_cases())
-def test_bad_llava_files(case):
-    run(case)
-
-
-@EXAMPLES
-@given(case=flickr_cases())
-def test_bad_flickr30k_annotations(case):
-    run(case)
-
-
-@EXAMPLES
-@given(case=mix_cases())
-def test_bad_mix_configs(case):
-    run(case)
+@given(data=st.data())
+def test_bad_files(kind, data):
+    run(data.draw(CASES[kind](), label="case"))
