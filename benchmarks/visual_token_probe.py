@@ -38,7 +38,7 @@ def object_tokens(
     for start in range(0, len(images), 64):
         chunk = images[start : start + 64]
         files = [data / "images" / "train" / image["file_name"] for image in chunk]
-        views = [model.preprocess(Image.open(file).convert("RGB")) for file in files]
+        views = [model.processor.preprocess(Image.open(file)) for file in files]
         with torch.no_grad():
             visual = model.encode_images(views)
         for row, image in enumerate(chunk):

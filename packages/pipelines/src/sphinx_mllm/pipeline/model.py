@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, PreTrainedModel
 
@@ -156,10 +155,6 @@ class SphinxModel(PreTrainedModel):
     def tokenizer(self) -> Any:
         """The processor's tokenizer (None without a processor)."""
         return None if self.processor is None else self.processor.tokenizer
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """One PIL image -> its views `[V, 3, s, s]` in [0, 1]."""
-        return self.visual.preprocess(image.convert("RGB"))[0]
 
     # -- forward -------------------------------------------------------------------------------
 

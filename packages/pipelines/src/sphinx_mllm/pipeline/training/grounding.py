@@ -355,7 +355,7 @@ def _encode(model: Any, batch: list[GroundedImage], device: torch.device) -> tor
         if not item.path.is_file():
             raise FileNotFoundError(f"grounded visual pretraining: no image at {item.path}")
         with Image.open(item.path) as image:
-            views.append(model.preprocess(image.convert("RGB")).to(device))
+            views.append(model.visual.preprocess(image.convert("RGB"))[0].to(device))
     return model.visual(views).tokens
 
 
