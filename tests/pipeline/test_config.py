@@ -1,9 +1,10 @@
-"""ModelConfig: YAML round trip, dotted changes, and errors that name the field."""
+"""ModelConfig: YAML round trip, dotted changes, decoding defaults, and errors that name the
+field."""
 
 import pytest
 
 from sphinx_mllm.pipeline.building import build_model, resolve_config
-from sphinx_mllm.pipeline.config import ConfigError, ModelConfig
+from sphinx_mllm.pipeline.config import ConfigError, GenerationDefaults, ModelConfig
 from sphinx_mllm.pipeline.presets import demo, sphinx
 from tests.pipeline.conftest import tiny_config
 
@@ -71,3 +72,58 @@ def test_python_objects_replace_named_components():
     assert list(model.visual.encoders.values()) == encoders
     with pytest.raises(ValueError, match="Unknown component key"):
         build_model(tiny_config(), components={"decoder": None})
+
+
+# -- decoding defaults -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["sphinx", "sphinx-1k", "sphinx-2k", "sphinx-tiny"])
+def test_sphinx_presets_decode_as_the_released_code(preset):
+    generation = resolve_config(preset).generation
+    assert (generation.temperature, generation.top_p) == (0.1, 0.75)
+    assert generation.task_max_new_tokens == {"vqa": 10, "multiple_choice": 10, "rec": 30}
+
+
+@pytest.mark.parametrize("preset", ["demo", "llava-1.5"])
+def test_other_presets_decode_greedily(preset):
+    assert resolve_config(preset).generation == GenerationDefaults()
+
+
+def test_configs_saved_before_generation_defaults_load_greedy():
+    old = demo().to_dict()
+    del old["generation"]
+    generation = ModelConfig.from_dict(old).generation
+    assert (generation.temperature, generation.top_p, generation.max_new_tokens) == (0, 1, 256)
+    assert generation.task_max_new_tokens == {}
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "problem"),
+    [
+        ("top_p", 1.5, "generation.top_p must be at most 1, got 1.5"),
+        ("top_p", 0, "generation.top_p must be positive, got 0"),
+        ("temperature", -1, "generation.temperature must be >= 0, got -1"),
+        ("temperature", "hot", "generation.temperature: expected a number, got 'hot'"),
+        ("max_new_tokens", 0, "generation.max_new_tokens must be at least 1, got 0"),
+        (
+            "task_max_new_tokens",
+            {"vqa": 0},
+            "generation.task_max_new_tokens.vqa must be at least 1, got 0",
+        ),
+        ("top_k", 5, "generation: unknown field 'top_k' (did you mean 'top_p'?)"),
+    ],
+)
+def test_bad_decoding_defaults_are_one_line_naming_the_field(setting, value, problem):
+    with pytest.raises(ConfigError) as raised:
+        demo().replace(**{f"generation.{setting}": value})
+    assert str(raised.value) == problem
+
+
+def test_given_options_override_the_defaults_and_are_checked():
+    defaults = GenerationDefaults(temperature=0.1, top_p=0.75, task_max_new_tokens={"rec": 30})
+    given = defaults.overridden(temperature=None, top_p=0.9, max_new_tokens=None)
+    assert given == GenerationDefaults(temperature=0.1, top_p=0.9, task_max_new_tokens={"rec": 30})
+    assert defaults.overridden(temperature=0).temperature == 0
+    with pytest.raises(ConfigError, match=r"^top_p must be at most 1, got 1.5$"):
+        defaults.overridden(top_p=1.5)
+    assert GenerationDefaults.of(None) == GenerationDefaults()

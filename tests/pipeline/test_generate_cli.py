@@ -1,5 +1,7 @@
 """`sphinx-pipeline generate` and `chat`, run in process on the `demo` preset's random weights."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -113,3 +115,112 @@ def test_chat_keeps_the_conversation_until_exit(image_file, monkeypatch):
     if replies[0]:  # an empty reply is left out of the history
         assert prompts[1][:2] == [prompts[0][0], {"from": "gpt", "value": replies[0]}]
     assert prompts[1][-1] == {"from": "human", "value": "Are you sure?"}
+
+
+# -- decoding: the model's defaults, unless the command line says otherwise ------------------------
+
+SAMPLING = {"generation.temperature": 0.1, "generation.top_p": 0.6, "generation.max_new_tokens": 5}
+
+
+@pytest.fixture
+def sampling_checkpoint(image_file):
+    """A demo checkpoint whose config samples at temperature 0.1, top-p 0.6, 5 new tokens."""
+    torch.manual_seed(0)
+    model = build_model("demo", **SAMPLING)
+    model.save_pretrained("sampling")
+    return model
+
+
+@pytest.fixture
+def generate_calls(monkeypatch):
+    """The options of every `generation.generate` call (which still generates)."""
+    calls = []
+    generate = generation.generate
+
+    def recording(*args, **options):
+        calls.append({k: v for k, v in options.items() if k not in ("attention_mask", "streamer")})
+        return generate(*args, **options)
+
+    monkeypatch.setattr(generation, "generate", recording)
+    return calls
+
+
+def _generate(*args):
+    result = CliRunner().invoke(app, ["generate", "sampling", "-i", "x.png", "What color?", *args])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_generate_samples_with_the_models_defaults_reproducibly(
+    sampling_checkpoint, generate_calls
+):
+    first, again = _generate("--seed", "3"), _generate("--seed", "3")
+    sampled = {"max_new_tokens": 5, "do_sample": True, "temperature": 0.1, "top_p": 0.6}
+    common = {"repetition_penalty": 1.0, "num_beams": 1, "top_k": None, "seed": 3}
+    assert [{k: v for k, v in c.items() if k not in ("input_ids", "pixel_values")}
+            for c in generate_calls] == [sampled | common] * 2  # fmt: skip
+    assert first == again
+    image = Image.open("x.png").convert("RGB")
+    expected = generation.answer(sampling_checkpoint, [image], ["What color?"], **sampled, seed=3)
+    assert first == expected[0] + "\n"
+
+
+@pytest.mark.parametrize(
+    ("flags", "changed"),
+    [
+        (["--temperature", "0"], {"do_sample": False}),
+        (["--top-p", "0.9"], {"top_p": 0.9}),
+        (
+            ["--temperature", "0.7", "--max-new-tokens", "2"],
+            {"temperature": 0.7, "max_new_tokens": 2},
+        ),
+    ],
+)
+def test_generate_flags_override_the_models_defaults(
+    sampling_checkpoint, generate_calls, flags, changed
+):
+    _generate(*flags)
+    (options,) = generate_calls
+    expected = {"max_new_tokens": 5, "do_sample": True, "temperature": 0.1, "top_p": 0.6}
+    expected |= changed
+    if not expected["do_sample"]:  # greedy: no sampling options at all
+        expected = {"max_new_tokens": 5, "do_sample": False}
+        assert "temperature" not in options and "top_p" not in options
+    assert {k: options[k] for k in expected} == expected
+
+
+def test_chat_samples_with_the_models_defaults(sampling_checkpoint, generate_calls):
+    result = CliRunner().invoke(app, ["chat", "sampling", "-i", "x.png"], input="Hi\n")
+    assert result.exit_code == 0, result.output
+    (options,) = generate_calls
+    assert {k: options[k] for k in ("max_new_tokens", "do_sample", "temperature", "top_p")} == {
+        "max_new_tokens": 5, "do_sample": True, "temperature": 0.1, "top_p": 0.6
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--top-p", "1.5"], "Invalid value for '--top-p'"),  # the rest is typer's wording
+        (["--top-p", "0"], "Invalid value for '--top-p': must be in (0, 1], got 0.0"),
+        (["--temperature", "-1"], "Invalid value for '--temperature'"),
+    ],
+)
+def test_bad_decoding_flags_are_one_line(image_file, flags, message):
+    result = sphinx_pipeline("generate", "demo", "Hi", *flags)
+    assert result.status == 2
+    assert len(result.error_lines) == 1
+    assert message in result.stderr
+
+
+def test_a_checkpoint_with_bad_decoding_defaults_is_one_line(image_file):
+    import json
+
+    build_model("demo").save_pretrained("bad")
+    config = json.loads(Path("bad/config.json").read_text())
+    config["model"]["generation"]["top_p"] = 1.5
+    Path("bad/config.json").write_text(json.dumps(config))
+    result = sphinx_pipeline("generate", "bad", "Hi")
+    assert result.status == 2
+    assert len(result.error_lines) == 1
+    assert "generation.top_p must be at most 1, got 1.5" in result.stderr

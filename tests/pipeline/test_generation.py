@@ -321,3 +321,47 @@ def test_draw_boxes_maps_the_padded_square_frame_back_to_the_image():
     for untouched in [(60, 60), (150, 140), (10, 60), (110, 60)]:
         assert drawn.getpixel(untouched) == (128, 128, 128), untouched
     assert find_boxes("no boxes here", image.size) == []
+
+
+def test_evaluation_limits_replies_by_the_models_task_limits(model, tmp_path, monkeypatch):
+    import json
+
+    from sphinx_mllm.pipeline import evaluation
+    from sphinx_mllm.pipeline.training.data import DataSource
+
+    IMAGES[0].save(tmp_path / "a.png")
+    tasks = ["vqa", "caption", "rec", "vqa", "caption"]
+    records = [
+        {
+            "id": f"r{index}",
+            "image": "a.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat is it?"},
+                {"from": "gpt", "value": "yes " * (index + 1)},
+            ],
+            "meta": {"task": task, "bbox_xyxy": [0, 0, 10, 10], "image_size": [40, 30]},
+        }
+        for index, task in enumerate(tasks)
+    ]
+    data = tmp_path / "val.jsonl"
+    data.write_text("".join(json.dumps(record) + "\n" for record in records))
+    limited = build_model("demo", **{"generation.task_max_new_tokens": {"vqa": 3, "rec": 7}})
+    limited.load_state_dict(model.state_dict())
+    calls = []
+
+    def recording(model, input_ids, *args, max_new_tokens, **options):
+        calls.append((len(input_ids), max_new_tokens))
+        return generate(model, input_ids, *args, max_new_tokens=max_new_tokens, **options)
+
+    monkeypatch.setattr(evaluation, "generate", recording)
+    # the last record's reference is the longest, of the captions and of all
+    longest = len(model.processor.tokenizer(records[4]["conversations"][1]["value"])["input_ids"])
+
+    report = evaluation.evaluate(limited, [DataSource.parse(str(data))], extra_tokens=2)
+    assert sorted(calls) == sorted([(2, 3), (2, longest + 2), (1, 7)])  # (records, new tokens)
+    assert [p.record_id for p in report.predictions] == [f"r{i}" for i in range(5)]
+    assert [p.task for p in report.predictions] == tasks
+
+    calls.clear()  # a model without task limits: one batch under the reference-length rule
+    evaluation.evaluate(model, [DataSource.parse(str(data))], extra_tokens=2)
+    assert calls == [(5, longest + 2)]

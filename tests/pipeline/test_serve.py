@@ -4,10 +4,12 @@ preset's random weights, asked with the official `openai` client and with raw HT
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -59,16 +61,9 @@ def image_root(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def server(model, image_root):
-    app = create_app(
-        model,
-        model_name="demo",
-        image_root=image_root,
-        max_image_bytes=MAX_IMAGE_BYTES,
-        max_image_pixels=MAX_IMAGE_PIXELS,
-        max_new_tokens=8,
-    )
+@contextlib.contextmanager
+def serving(app) -> Iterator[str]:
+    """`app` served by uvicorn on a free local port, in a thread; yields its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -80,10 +75,26 @@ def server(model, image_root):
     while not running.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    running.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        running.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(model, image_root):
+    app = create_app(
+        model,
+        model_name="demo",
+        image_root=image_root,
+        max_image_bytes=MAX_IMAGE_BYTES,
+        max_image_pixels=MAX_IMAGE_PIXELS,
+        max_new_tokens=8,
+    )
+    with serving(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -334,7 +345,7 @@ def test_serve_has_help_with_an_example():
     result = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "sphinx-pipeline serve" in result.output
-    for option in ("--host", "--port", "--image-root", "--max-image-mb", "--seed"):
+    for option in ("--host", "--port", "--image-root", "--max-image-mb", "--seed", "--top-p"):
         assert option in result.output
 
 
@@ -363,3 +374,90 @@ def test_a_stream_whose_client_leaves_stops_generating(server, monkeypatch):
     while not ended and time.monotonic() < deadline:
         time.sleep(0.05)
     assert ended == ["_Cancelled"]
+
+
+# -- decoding: the server's options, else the model's defaults -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sampling_model(model):
+    """The demo model with a config that samples at temperature 0.1, top-p 0.6, 5 new tokens."""
+    sampling = build_model(
+        "demo",
+        **{"generation.temperature": 0.1, "generation.top_p": 0.6, "generation.max_new_tokens": 5},
+    )
+    sampling.load_state_dict(model.state_dict())
+    return sampling
+
+
+def served_options(monkeypatch, app, request_bodies) -> list[dict]:
+    """The `generate` options the server used for each request (which still generates)."""
+    from fastapi.testclient import TestClient
+
+    from sphinx_mllm.pipeline.serving import app as serving
+
+    options = []
+    run_generation = serving.run_generation
+
+    def recorded(model, prepared, streamer=None):
+        options.append(dict(prepared.options))
+        return run_generation(model, prepared, streamer)
+
+    monkeypatch.setattr(serving, "run_generation", recorded)
+    with TestClient(app) as test:
+        for body in request_bodies:
+            reply = test.post("/v1/chat/completions", json={"messages": ask("Hi"), **body})
+            assert reply.status_code == 200, reply.text
+    return options
+
+
+def test_requests_without_options_get_the_models_decoding(sampling_model, monkeypatch):
+    bodies = [{}, {"temperature": 0}, {"top_p": 0.9, "max_tokens": 3}, {"temperature": 0.5}]
+    options = served_options(monkeypatch, create_app(sampling_model), bodies)
+    assert [{k: o.get(k) for k in ("max_new_tokens", "do_sample", "temperature", "top_p")}
+            for o in options] == [
+        {"max_new_tokens": 5, "do_sample": True, "temperature": 0.1, "top_p": 0.6},
+        {"max_new_tokens": 5, "do_sample": False, "temperature": None, "top_p": None},
+        {"max_new_tokens": 3, "do_sample": True, "temperature": 0.1, "top_p": 0.9},
+        {"max_new_tokens": 5, "do_sample": True, "temperature": 0.5, "top_p": 0.6},
+    ]  # fmt: skip
+
+
+def test_the_servers_options_override_the_models(sampling_model, monkeypatch):
+    app = create_app(sampling_model, temperature=0.0, max_new_tokens=4)
+    (options,) = served_options(monkeypatch, app, [{}])
+    assert (options["do_sample"], options["max_new_tokens"]) == (False, 4)
+    app = create_app(sampling_model, top_p=0.3)
+    (options,) = served_options(monkeypatch, app, [{}])
+    assert (options["temperature"], options["top_p"]) == (0.1, 0.3)
+
+
+def test_a_sampled_reply_with_a_seed_is_reproducible(sampling_model):
+    from fastapi.testclient import TestClient
+
+    body = {"messages": ask("What color?", data_url(png())), "seed": 7}
+    with TestClient(create_app(sampling_model)) as test:
+        replies = [test.post("/v1/chat/completions", json=body).json() for _ in range(2)]
+    assert replies[0]["choices"] == replies[1]["choices"]
+    assert replies[0]["usage"]["completion_tokens"] <= 5
+
+
+def test_bad_decoding_options_of_the_server_name_the_field(model):
+    from sphinx_mllm.pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^top_p must be at most 1, got 1.5$"):
+        create_app(model, top_p=1.5)
+    with pytest.raises(ConfigError, match=r"^temperature must be >= 0, got -1$"):
+        create_app(model, temperature=-1)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--top-p", "0"], "must be in (0, 1], got 0.0"), (["--temperature", "-1"], "--temperature")],
+)
+def test_serve_refuses_bad_decoding_flags(tmp_path, monkeypatch, flags, message):
+    monkeypatch.chdir(tmp_path)
+    result = sphinx_pipeline("serve", "demo", *flags)
+    assert result.status == 2
+    assert len(result.error_lines) == 1
+    assert message in result.stderr

@@ -222,10 +222,40 @@ class TokenizerConfig:
 
 @config_errors
 @dataclass(config=CONFIG)
+class GenerationDefaults:
+    """How the model's replies are decoded when the caller does not say: by `sphinx-pipeline
+    generate`, `chat` and `serve` (their options and a request's fields override these), and by
+    evaluation (`task_max_new_tokens`). `generate()` in Python takes explicit options.
+
+    `temperature` 0 decodes greedily; above 0 it samples from the fewest tokens holding `top_p`
+    of the probability mass. A reply has at most `max_new_tokens` tokens; when evaluating a
+    record whose `meta.task` is a key of `task_max_new_tokens`, at most that many (SPHINX: 10
+    for short-answer VQA, 30 for REC)."""
+
+    temperature: Annotated[Number, Field(ge=0)] = 0.0
+    top_p: Annotated[Number, Field(gt=0, le=1)] = 1.0
+    max_new_tokens: PositiveInt = 256
+    task_max_new_tokens: dict[StrictStr, PositiveInt] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, config: ModelConfig | None) -> GenerationDefaults:
+        """The defaults of a model's config; the plain ones (greedy) for a model without one
+        (assembled from parts by hand)."""
+        return cls() if config is None else config.generation
+
+    def overridden(self, **given: Any) -> GenerationDefaults:
+        """These defaults with the fields the user gave (None: not given), checked like any
+        config: `overridden(temperature=None, top_p=0.9)`."""
+        return dataclasses.replace(self, **{k: v for k, v in given.items() if v is not None})
+
+
+@config_errors
+@dataclass(config=CONFIG)
 class ModelConfig:
     """A whole multi-modal model. `placement`: `placeholder` puts each image's visual tokens at
     its run of image-token ids (as Hugging Face's LLaVA does); `prefix` puts them right after BOS
-    (SPHINX). `dtype` is the dtype every component is built in."""
+    (SPHINX). `dtype` is the dtype every component is built in. `generation`: how its replies are
+    decoded unless the caller says otherwise (configs saved before it existed get greedy)."""
 
     vision: VisionConfig
     llm: LLMConfig
@@ -234,6 +264,7 @@ class ModelConfig:
     placement: Placement = "placeholder"
     dtype: Dtype = "float32"
     name: StrictStr = "custom"
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
 
     # -- plain data ------------------------------------------------------------------------------
 

@@ -6,6 +6,10 @@ Metrics: `exact` (normalised exact match), `vqa` (the VQA challenge's accuracy a
 against `meta.bbox_xyxy` on `meta.image_size`), and `auto`, which picks by the record's
 `meta.task`: `vqa` for short-answer VQA, `rec` for REC, `exact` otherwise.
 
+How long a reply may run: the model config's `generation.task_max_new_tokens[task]` for a record
+of that task (SPHINX: 10 new tokens for VQA, 30 for REC), else the longest reference of its
+batch in tokens plus `extra_tokens`.
+
     report = evaluate(model, [DataSource.parse("val.jsonl", images="data/")])
     print(report.table())
 """
@@ -23,6 +27,7 @@ import torch
 from sphinx_mllm.data.metrics import exact_match, rec_iou, vqa_accuracy
 from sphinx_mllm.data.readers import Problems
 from sphinx_mllm.data.readers.llava import read_llava
+from sphinx_mllm.pipeline.config import GenerationDefaults
 from sphinx_mllm.pipeline.generation import generate
 from sphinx_mllm.pipeline.images import open_image
 from sphinx_mllm.pipeline.training.data import DataSource, with_readable_images
@@ -128,15 +133,17 @@ def evaluate(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> EvalReport:
     """Generate the last reply of every record (at most `limit` per source) and score it. The
-    reply may run `extra_tokens` past the reference's own token count. Every record and image
-    is checked before the first is generated; an empty file or a limit under 1 is an error."""
+    reply may run to the model's limit for the record's task, or else `extra_tokens` past the
+    reference's own token count. Every record and image is checked before the first is
+    generated; an empty file or a limit under 1 is an error."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size!r}")
     items = records_to_score(sources, limit=limit)
+    task_limits = GenerationDefaults.of(model.model_config).task_max_new_tokens
     predictions: list[Prediction] = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        predictions += _predict(model, chunk, metric, extra_tokens)
+        predictions += _predict_batch(model, chunk, metric, task_limits, extra_tokens)
         if on_batch is not None:
             on_batch(min(start + batch_size, len(items)), len(items))
     return EvalReport(predictions)
@@ -161,7 +168,34 @@ def records_to_score(
     return items
 
 
-def _predict(model: SphinxModel, chunk, metric: str, extra_tokens: int) -> list[Prediction]:
+def _task(source: DataSource, record: dict[str, Any]) -> str:
+    return str((record.get("meta") or {}).get("task", source.name))
+
+
+def _predict_batch(
+    model: SphinxModel, chunk, metric: str, task_limits: dict[str, int], extra_tokens: int
+) -> list[Prediction]:
+    """The predictions of a batch, in its order, generated in groups by how many new tokens
+    a reply may have: a group per task limit of the model, and the other records together under
+    the reference-length rule (their longest reference plus `extra_tokens`)."""
+    groups: dict[int | None, list[int]] = defaultdict(list)
+    for position, item in enumerate(chunk):
+        groups[task_limits.get(_task(*item))].append(position)
+    rest = groups.pop(None, [])
+    if rest:
+        tokenizer = model.processor.tokenizer
+        references = (chunk[i][1]["conversations"][-1]["value"] for i in rest)
+        longest = max(len(tokenizer(text)["input_ids"]) for text in references)
+        groups[longest + extra_tokens] += rest  # may join a task's group of the same length
+    predictions: dict[int, Prediction] = {}
+    for max_new_tokens, positions in groups.items():
+        group = [chunk[i] for i in positions]
+        found = _predict(model, group, metric, max_new_tokens)
+        predictions.update(zip(positions, found, strict=True))
+    return [predictions[i] for i in range(len(chunk))]
+
+
+def _predict(model: SphinxModel, chunk, metric: str, max_new_tokens: int) -> list[Prediction]:
     conversations, images, references, paths = [], [], [], []
     for source, record in chunk:
         turns = record["conversations"]
@@ -171,11 +205,9 @@ def _predict(model: SphinxModel, chunk, metric: str, extra_tokens: int) -> list[
         images.append([] if path is None else [open_image(path)])
         references.append(turns[-1]["value"])
         paths.append(path)
-    processor = model.processor
-    reference_tokens = max(len(processor.tokenizer(text)["input_ids"]) for text in references)
-    inputs = processor(conversations, images, generation=True).to(model.device)
+    inputs = model.processor(conversations, images, generation=True).to(model.device)
     with torch.no_grad():
-        output = generate(model, **inputs, max_new_tokens=reference_tokens + extra_tokens)
+        output = generate(model, **inputs, max_new_tokens=max_new_tokens)
     results = []
     for (source, record), text, reference, image in zip(
         chunk, output.texts, references, paths, strict=True
@@ -189,7 +221,7 @@ def _predict(model: SphinxModel, chunk, metric: str, extra_tokens: int) -> list[
         results.append(
             Prediction(
                 str(record.get("id", "")),
-                str((record.get("meta") or {}).get("task", source.name)),
+                _task(source, record),
                 chosen,
                 question,
                 reference,

@@ -14,6 +14,13 @@ SPHINX presets place visual tokens right after BOS (their released code) and use
 template; LLaVA-1.5 places them at the `<image>` placeholder with the Vicuna v1 template. The
 `demo` model trains from scratch on a CPU (its encoders are not frozen) and uses the byte-level
 demo tokenizer, so it can train on any LLaVA-format data.
+
+SPHINX presets decode as SPHINX's released code does (`sphinx_generation`): sampling at
+temperature 0.1 with top-p 0.75; evaluation gives short-answer tasks 10 new tokens and REC 30.
+The tasks are named as sphinx-data's task builders name them in each record's `meta.task`:
+`vqa` and `multiple_choice` (answered with a word, a phrase or a letter) get 10, `rec` (one box)
+gets 30; the others (captions, grounded captions, REG, conversation) keep evaluation's
+reference-length rule. `llava-1.5` and `demo` decode greedily.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 from sphinx_mllm.mixer import SPHINX_STACKS, StackRecipe
 from sphinx_mllm.pipeline.config import (
     EncoderSpec,
+    GenerationDefaults,
     LLMConfig,
     ModelConfig,
     TokenizerConfig,
@@ -42,6 +50,15 @@ def vision_from_recipe(recipe: StackRecipe) -> VisionConfig:
     )
 
 
+def sphinx_generation() -> GenerationDefaults:
+    """SPHINX's released decoding (the module docstring says how the tasks were chosen)."""
+    return GenerationDefaults(
+        temperature=0.1,
+        top_p=0.75,
+        task_max_new_tokens={"vqa": 10, "multiple_choice": 10, "rec": 30},
+    )
+
+
 def _sphinx(variant: str, llm: str) -> ModelConfig:
     return ModelConfig(
         vision=vision_from_recipe(SPHINX_STACKS[variant]),
@@ -50,6 +67,7 @@ def _sphinx(variant: str, llm: str) -> ModelConfig:
         placement="prefix",
         dtype="bfloat16",
         name=variant,
+        generation=sphinx_generation(),
     )
 
 

@@ -1,6 +1,7 @@
 """`sphinx-pipeline generate` and `sphinx-pipeline chat`: ask a checkpoint about an image, once
 or turn after turn. CKPT may also name a model preset (`demo`), built with random weights, to
-try the plumbing without a checkpoint."""
+try the plumbing without a checkpoint. Options left out (`--temperature`, `--top-p`,
+`--max-new-tokens`) take the model's decoding defaults (its config's `generation`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sphinx_mllm.pipeline.commands import add_command
 if TYPE_CHECKING:
     from PIL import Image
 
+    from sphinx_mllm.pipeline.config import GenerationDefaults
     from sphinx_mllm.pipeline.model import SphinxModel
 
 Checkpoint = Annotated[
@@ -25,14 +27,20 @@ Checkpoint = Annotated[
 ImageOption = Annotated[
     Path | None, typer.Option("--image", "-i", help="An image file (any format Pillow reads).")
 ]
-MaxNewTokens = Annotated[int, typer.Option(min=1, help="Most tokens to generate per reply.")]
+MaxNewTokens = Annotated[
+    int | None,
+    typer.Option(min=1, help="Most tokens to generate per reply (default: the model's)."),
+]
 Temperature = Annotated[
-    float, typer.Option(min=0.0, help="Sampling temperature; 0 decodes greedily.")
+    float | None,
+    typer.Option(min=0.0, help="Sampling temperature; 0 decodes greedily (default: the model's)."),
 ]
 TopP = Annotated[
-    float,
+    float | None,
     typer.Option(
-        max=1.0, help="Nucleus sampling: keep the fewest tokens holding this mass, in (0, 1]."
+        max=1.0,
+        help="Nucleus sampling: keep the fewest tokens holding this mass, in (0, 1] "
+        "(default: the model's).",
     ),
 ]
 TopK = Annotated[
@@ -51,9 +59,9 @@ def generate(
     checkpoint: Checkpoint,
     prompt: Annotated[str, typer.Argument(help="The question or instruction.")],
     image: ImageOption = None,
-    max_new_tokens: MaxNewTokens = 64,
-    temperature: Temperature = 0.0,
-    top_p: TopP = 1.0,
+    max_new_tokens: MaxNewTokens = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
     top_k: TopK = None,
     repetition_penalty: RepetitionPenalty = 1.0,
     num_beams: Beams = 1,
@@ -68,14 +76,13 @@ def generate(
     """
     if draw is not None and image is None:
         raise typer.BadParameter("--draw needs --image: boxes are drawn on that image")
-    _check_top_p(top_p)
+    check_top_p(top_p)
     photo = _open_image(image)
     model = load_model_or_preset(checkpoint, seed)
     from sphinx_mllm.pipeline.generation import answer
 
-    options = _generation_options(
-        max_new_tokens, temperature, top_p, top_k, repetition_penalty, num_beams, seed
-    )
+    decoding = model_decoding(model, max_new_tokens, temperature, top_p)
+    options = _generation_options(decoding, top_k, repetition_penalty, num_beams, seed)
     reply = answer(model, None if photo is None else [photo], [prompt], **options)
     typer.echo(reply[0])
     if draw is not None and photo is not None:
@@ -89,9 +96,9 @@ def generate(
 def chat(
     checkpoint: Checkpoint,
     image: ImageOption = None,
-    max_new_tokens: MaxNewTokens = 256,
-    temperature: Temperature = 0.0,
-    top_p: TopP = 1.0,
+    max_new_tokens: MaxNewTokens = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
     top_k: TopK = None,
     repetition_penalty: RepetitionPenalty = 1.0,
     seed: Seed = None,
@@ -102,12 +109,11 @@ def chat(
 
     Example: sphinx-pipeline chat ./my-sphinx --image cat.jpg
     """
-    _check_top_p(top_p)
+    check_top_p(top_p)
     photo = _open_image(image)
     model = load_model_or_preset(checkpoint, seed)
-    options = _generation_options(
-        max_new_tokens, temperature, top_p, top_k, repetition_penalty, 1, seed
-    )
+    decoding = model_decoding(model, max_new_tokens, temperature, top_p)
+    options = _generation_options(decoding, top_k, repetition_penalty, 1, seed)
     history: list[dict[str, str]] = []
     read_line = _line_reader()
     typer.echo("Type a question per line; 'exit' or end of input stops.", err=True)
@@ -192,28 +198,45 @@ def load_model_or_preset(checkpoint: str, seed: int | None) -> SphinxModel:
     return load_model(checkpoint, announce=lambda line: typer.echo(line, err=True))
 
 
+def model_decoding(
+    model: SphinxModel,
+    max_new_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+) -> GenerationDefaults:
+    """The model's decoding defaults (its config's `generation`) with the options the user
+    gave; None leaves the model's."""
+    from sphinx_mllm.pipeline.config import GenerationDefaults
+
+    return GenerationDefaults.of(model.model_config).overridden(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p
+    )
+
+
 def _generation_options(
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
+    decoding: GenerationDefaults,
     top_k: int | None,
     repetition_penalty: float,
     num_beams: int,
     seed: int | None,
 ) -> dict[str, Any]:
+    """The keyword arguments of `generation.generate`: greedy at temperature 0, else sampling."""
+    sampling = decoding.temperature > 0
     options: dict[str, Any] = {
-        "max_new_tokens": max_new_tokens,
-        "do_sample": temperature > 0,
+        "max_new_tokens": decoding.max_new_tokens,
+        "do_sample": sampling,
         "repetition_penalty": repetition_penalty,
         "num_beams": num_beams,
     }
-    if temperature > 0:
-        options.update(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    if sampling:
+        options.update(
+            temperature=decoding.temperature, top_p=decoding.top_p, top_k=top_k, seed=seed
+        )
     return options
 
 
-def _check_top_p(top_p: float) -> None:
-    if not 0 < top_p <= 1:
+def check_top_p(top_p: float | None) -> None:
+    if top_p is not None and not 0 < top_p <= 1:
         raise typer.BadParameter(f"must be in (0, 1], got {top_p}", param_hint="'--top-p'")
 
 

@@ -16,6 +16,8 @@ from sphinx_mllm.pipeline.commands.generation import (
     MaxNewTokens,
     Seed,
     Temperature,
+    TopP,
+    check_top_p,
     load_model_or_preset,
 )
 
@@ -39,8 +41,9 @@ def serve(
     max_image_pixels: Annotated[
         int, typer.Option(min=1, help="Largest image a request may send, in pixels (w x h).")
     ] = 4096 * 4096,
-    max_new_tokens: MaxNewTokens = 256,
-    temperature: Temperature = 0.0,
+    max_new_tokens: MaxNewTokens = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
     model_name: Annotated[
         str | None,
         typer.Option(help="The model's id in /v1/models (default: CKPT's name)."),
@@ -49,10 +52,12 @@ def serve(
 ) -> None:
     """Serve a model over HTTP: OpenAI's chat completions at /v1/chat/completions and a chat
     page at /. One generation runs at a time; other requests wait their turn. Requests that
-    give no max_tokens or temperature get --max-new-tokens and --temperature (0: greedy).
+    give no max_tokens, temperature or top_p get --max-new-tokens, --temperature (0: greedy)
+    and --top-p, and where those are not given either, the model's decoding defaults.
 
     Example: sphinx-pipeline serve ./my-sphinx --port 8000 --image-root ./images
     """
+    check_top_p(top_p)
     if image_root is not None and not image_root.is_dir():
         raise NotADirectoryError(f"image root {image_root} is not a directory")
     model = load_model_or_preset(checkpoint, seed)
@@ -68,6 +73,7 @@ def serve(
         max_image_pixels=max_image_pixels,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
+        top_p=top_p,
     )
     typer.echo(f"serving {checkpoint} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info")

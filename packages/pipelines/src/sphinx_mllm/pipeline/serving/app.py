@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
+from sphinx_mllm.pipeline.config import GenerationDefaults
 from sphinx_mllm.pipeline.serving.chat_requests import Prepared, prepare, read_body, read_request
 from sphinx_mllm.pipeline.serving.limits import MiB, RequestError, ServerLimits, error_response
 from sphinx_mllm.pipeline.serving.protocol import (
@@ -86,14 +87,19 @@ def create_app(
     max_image_bytes: int = 20 * MiB,
     max_image_pixels: int = 4096 * 4096,
     max_images: int = 8,
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
     max_queue: int = 32,
 ) -> FastAPI:
-    """The server's app for `model` (which needs its processor and tokenizer). `max_new_tokens`
-    and `temperature` are the defaults of requests that give none (0: greedy)."""
+    """The server's app for `model` (which needs its processor and tokenizer). `max_new_tokens`,
+    `temperature` (0: greedy) and `top_p` are the defaults of requests that give none; None
+    takes the model's own (its config's `generation`)."""
     if model.processor is None or model.tokenizer is None:
         raise ValueError("serving needs a model with its processor and tokenizer")
+    decoding = GenerationDefaults.of(model.model_config).overridden(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p
+    )
     if image_root is not None and not Path(image_root).is_dir():
         raise NotADirectoryError(f"image root {image_root} is not a directory")
     limits = ServerLimits(
@@ -145,9 +151,7 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         chat = read_request(ChatCompletionRequest, await read_body(request, limits.max_body_bytes))
-        prepared = await run_in_threadpool(
-            prepare, model, chat, limits, max_new_tokens, temperature
-        )
+        prepared = await run_in_threadpool(prepare, model, chat, limits, decoding)
         if chat.stream:
             queue.check()  # a full queue is a 503, before the stream's status line is sent
             return StreamingResponse(

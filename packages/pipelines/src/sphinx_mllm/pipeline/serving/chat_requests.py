@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
+from sphinx_mllm.pipeline.config import GenerationDefaults
 from sphinx_mllm.pipeline.serving.image_inputs import load_image
 from sphinx_mllm.pipeline.serving.limits import RequestError, ServerLimits
 from sphinx_mllm.pipeline.serving.protocol import ChatCompletionRequest, ChatMessage
@@ -70,10 +71,10 @@ def prepare(
     model: SphinxModel,
     chat: ChatCompletionRequest,
     limits: ServerLimits,
-    default_max_tokens: int,
-    default_temperature: float,
+    defaults: GenerationDefaults,
 ) -> Prepared:
-    """Check a request and make the model's inputs (images decoded, prompt rendered)."""
+    """Check a request and make the model's inputs (images decoded, prompt rendered); what the
+    request leaves out of max_tokens, temperature and top_p comes from `defaults`."""
     if chat.n != 1:
         raise RequestError(400, f"n must be 1 (one reply per request), got {chat.n}", "n")
     if chat.tools:
@@ -106,15 +107,18 @@ def prepare(
             "max_tokens",
         )
     stops = _stops(chat.stop)
-    temperature = default_temperature if chat.temperature is None else chat.temperature
+    temperature = defaults.temperature if chat.temperature is None else chat.temperature
     options: dict[str, Any] = {
-        "max_new_tokens": asked or min(default_max_tokens, room),
+        "max_new_tokens": asked or min(defaults.max_new_tokens, room),
         "do_sample": temperature > 0,
         "repetition_penalty": chat.repetition_penalty or 1.0,
     }
     if temperature > 0:
         options.update(
-            temperature=temperature, top_p=chat.top_p or 1.0, top_k=chat.top_k, seed=chat.seed
+            temperature=temperature,
+            top_p=defaults.top_p if chat.top_p is None else chat.top_p,
+            top_k=chat.top_k,
+            seed=chat.seed,
         )
     if stops:
         options["stop_strings"] = list(stops)

@@ -38,7 +38,8 @@ class StreamOptions(_Lenient):
 
 
 class ChatCompletionRequest(_Lenient):
-    """`temperature` omitted: the server's default (greedy unless started otherwise); `top_k`
+    """`temperature`, `top_p` or `max_tokens` omitted: the server's default (the model's
+    decoding defaults unless the server was started with others); `top_k`
     and `repetition_penalty` are extensions (vLLM's names) that OpenAI clients send through
     `extra_body`."""
 
