@@ -96,3 +96,29 @@ def test_moving_an_encoder_to_another_dtype_changes_its_tokens_dtype():
     encoder.to(torch.bfloat16)
     assert encoder.dtype == torch.bfloat16
     assert encoder(torch.randn(1, 3, 32, 32)).tokens.dtype == torch.bfloat16
+
+
+def test_architecture_overrides_scale_a_preset_down():
+    """What a scaled-down converted checkpoint needs: the SPHINX presets with other sizes."""
+    clip = create_encoder("clip_vit_l14", vision_cfg={"width": 128, "layers": 2}, embed_dim=32)
+    assert (clip.embed_dim, len(clip.model.transformer.resblocks)) == (128, 2)
+    assert tuple(clip.model.proj.shape) == (128, 32) and clip.num_tokens() == 257
+    qformer = create_encoder(
+        "blip2_qformer_opt2_7b",
+        config={"vision_config": {"hidden_size": 176, "num_hidden_layers": 1,
+                                  "num_attention_heads": 2, "intermediate_size": 64},
+                "qformer_config": {"hidden_size": 64, "num_hidden_layers": 1,
+                                   "num_attention_heads": 1, "intermediate_size": 64,
+                                   "encoder_hidden_size": 176}},
+    )  # fmt: skip
+    assert (qformer.embed_dim, qformer.num_queries) == (64, 32)
+    assert qformer.model.vision_model.config.image_size == 224  # the rest stays the preset's
+    trunk = create_encoder("convnext_xxlarge_trunk", depths=[1, 1, 1, 1], dims=[8, 16, 24, 32])
+    assert trunk.embed_dim == 32 and trunk.num_tokens() == 65
+
+
+def test_unknown_architecture_overrides_are_named():
+    with pytest.raises(ValueError, match="widht"):
+        create_encoder("clip_vit_l14", vision_cfg={"widht": 128}, device="meta")
+    with pytest.raises(ValueError, match="vision_confg"):
+        create_encoder("blip2_qformer_opt2_7b", config={"vision_confg": {}}, device="meta")

@@ -49,6 +49,18 @@ def test_clip_convnext_xxlarge_gives_an_8x8_grid_of_3072_at_256():
     assert output.leading_token and encoder.num_tokens(256) == 65
 
 
+def test_convnext_xxlarge_trunk_holds_what_sphinx_checkpoints_store():
+    """The timm trunk of open_clip's ConvNeXt-XXL without its head projection: the 378 tensors
+    and 843,398,016 parameters LLaMA2-Accessory stores under `llma.openclip_convnext_xxl.`."""
+    encoder = create_encoder("convnext_xxlarge_trunk", device="meta")
+    trunk = open_clip_visual("convnext_xxlarge").trunk
+    trunk.reset_classifier(0, global_pool="")
+    assert encoder.model.state_dict().keys() == trunk.state_dict().keys()
+    assert len(encoder.model.state_dict()) == 378
+    assert count(encoder) == count(trunk) == 843_398_016
+    assert tokens_at(encoder, 256) == (65, 3072)
+
+
 def test_dinov2_vitg14_gives_257_tokens_of_1536():
     encoder = create_encoder("dinov2_vitg14", device="meta")
     with torch.device("meta"):

@@ -107,15 +107,32 @@ def _fetch_hub_checkpoint(name: str, repo_id: str) -> str:
 # -- registered presets (entry-point group sphinx_mllm_encoders) ----------------------------------
 
 
-def blip2_qformer_opt2_7b(pretrained: Pretrained = None, **overrides: Any) -> Blip2QFormerEncoder:
-    """BLIP-2 EVA ViT-g/14 (1408 wide, 39 layers) + Q-Former as SPHINX uses it: 32 queries x 768."""
+def blip2_qformer_opt2_7b(
+    pretrained: Pretrained = None, *, config: dict[str, Any] | None = None, **overrides: Any
+) -> Blip2QFormerEncoder:
+    """BLIP-2 EVA ViT-g/14 (1408 wide, 39 layers) + Q-Former as SPHINX uses it: 32 queries x 768.
+    `config` overrides fields of its `Blip2Config` (`{"vision_config": {"hidden_size": 176}}`:
+    a scaled-down model of the same shape family, as a converted checkpoint may hold)."""
     return create_blip2_qformer(
         "blip2_qformer_opt2_7b",
-        None,
+        None if config is None else _blip2_config(config),
         pretrained,
         default_source="Salesforce/blip2-opt-2.7b",
         **overrides,
     )
+
+
+def _blip2_config(overrides: dict[str, Any]) -> Any:
+    """The default `Blip2Config` (blip2-opt-2.7b) with `overrides`, sub-configs merged by field."""
+    from transformers import Blip2Config
+
+    defaults = Blip2Config().to_dict()
+    merged = dict(defaults)
+    for key, value in overrides.items():
+        if key not in defaults:
+            raise ValueError(f"blip2_qformer: unknown Blip2Config field {key!r}")
+        merged[key] = {**defaults[key], **value} if isinstance(value, dict) else value
+    return Blip2Config(**merged)
 
 
 TINY_BLIP2_CONFIG = {

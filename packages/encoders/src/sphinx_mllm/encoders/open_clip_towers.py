@@ -4,6 +4,8 @@ pretrained tag (fetched from the network or the local cache)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ def create_open_clip_encoder(
     *,
     default_source: str | None = None,
     quick_gelu: bool = False,
+    vision_cfg: Mapping[str, Any] | None = None,
+    embed_dim: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     frozen: bool = True,
@@ -30,15 +34,28 @@ def create_open_clip_encoder(
 ) -> VisualEncoder:
     """Build the vision tower of an open_clip config (a registered name such as `ViT-L-14`, or
     a dict with `embed_dim` and `vision_cfg`) and wrap it in `adapter`, which checks the tower
-    is of its kind. `quick_gelu` applies to open_clip's own ViTs (timm towers ignore it)."""
+    is of its kind. `quick_gelu` applies to open_clip's own ViTs (timm towers ignore it).
+    `vision_cfg` overrides fields of the config's `vision_cfg` (`{"width": 128, "layers": 2}`:
+    a scaled-down tower of the same family, as a converted checkpoint may hold), `embed_dim`
+    the width of its output projection."""
     import open_clip
-    from open_clip.model import _build_vision_tower  # the vision tower alone, no text tower
+    from open_clip.model import (
+        CLIPVisionCfg,
+        _build_vision_tower,  # the vision tower alone, no text tower
+    )
 
     config = (
         open_clip.get_model_config(model_config) if isinstance(model_config, str) else model_config
     )
     if config is None:
         raise ValueError(f"{name}: open_clip has no model config {model_config!r}")
+    if vision_cfg:
+        unknown = sorted(set(vision_cfg) - {f.name for f in fields(CLIPVisionCfg)})
+        if unknown:
+            raise ValueError(f"{name}: unknown vision_cfg field(s) {unknown} for open_clip")
+        config = {**config, "vision_cfg": {**config["vision_cfg"], **vision_cfg}}
+    if embed_dim is not None:
+        config = {**config, "embed_dim": embed_dim}
     source = resolve_pretrained(pretrained, default_source)
     with building_on(device, dtype):
         visual = _build_vision_tower(

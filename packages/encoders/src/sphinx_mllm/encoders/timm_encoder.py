@@ -198,6 +198,14 @@ def siglip_so400m14_384(pretrained: Pretrained = None, **overrides: Any) -> Timm
     )
 
 
+def convnext_xxlarge_trunk(pretrained: Pretrained = None, **overrides: Any) -> TimmEncoder:
+    """The timm trunk of LAION's CLIP ConvNeXt-XXLarge at 256 as LLaMA2-Accessory stores it in
+    SPHINX checkpoints (no open_clip head projection): pooled token + 8x8 grid x 3072. Keywords
+    go to timm (`depths`, `dims` for a scaled-down trunk; `input_size`)."""
+    options = {"pooled_token": True, "input_size": 256, **overrides}
+    return create_timm_encoder("convnext_xxlarge_trunk", "convnext_xxlarge", pretrained, **options)
+
+
 def timm_encoder(
     pretrained: Pretrained = None, *, model_name: str = "resnet50", **overrides: Any
 ) -> TimmEncoder:

@@ -17,10 +17,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from sphinx_mllm.encoders.transforms import pil_to_tensor
+from sphinx_mllm.mixer.resizing import resize_views
 from sphinx_mllm.mixer.views import (
     OPENAI_CLIP_FILL,
     View,
@@ -31,15 +31,22 @@ from sphinx_mllm.mixer.views import (
 
 
 class ViewSplitter(ABC):
-    """Turns an image into views of side `base_size`; view 0 is the global view."""
+    """Turns an image into views of side `base_size`; view 0 is the global view, downsampled
+    in float16 when `half_precision_resize` (as SPHINX's released code does, see `resizing`)."""
 
-    def __init__(self, base_size: int, fill: tuple[int, int, int] = OPENAI_CLIP_FILL) -> None:
+    def __init__(
+        self,
+        base_size: int,
+        fill: tuple[int, int, int] = OPENAI_CLIP_FILL,
+        half_precision_resize: bool = False,
+    ) -> None:
         if not isinstance(base_size, int) or base_size < 1:
             raise ValueError(
                 f"{type(self).__name__}: base_size must be a positive int, got {base_size!r}"
             )
         self.base_size = base_size
         self.fill = tuple(fill)
+        self.half_precision_resize = bool(half_precision_resize)
 
     @abstractmethod
     def canvas_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
@@ -111,7 +118,10 @@ class ViewSplitter(ABC):
         side = self.base_size
         if tuple(canvas.shape[-2:]) == (side, side):
             return canvas
-        return F.interpolate(canvas.unsqueeze(0), size=(side, side), mode="bicubic")[0]
+        resized = resize_views(
+            canvas.unsqueeze(0), (side, side), "bicubic", half_precision=self.half_precision_resize
+        )
+        return resized[0]
 
 
 class SingleView(ViewSplitter):
@@ -129,9 +139,13 @@ class GlobalGrid(ViewSplitter):
     """A global view plus a k x k grid of tiles of the padded square at k * base."""
 
     def __init__(
-        self, base_size: int, grid: int, fill: tuple[int, int, int] = OPENAI_CLIP_FILL
+        self,
+        base_size: int,
+        grid: int,
+        fill: tuple[int, int, int] = OPENAI_CLIP_FILL,
+        half_precision_resize: bool = False,
     ) -> None:
-        super().__init__(base_size, fill)
+        super().__init__(base_size, fill, half_precision_resize)
         if not isinstance(grid, int) or grid < 2:
             raise ValueError(
                 f"GlobalGrid: grid must be an int >= 2 (use 'single' for one view), got {grid!r}"
@@ -156,7 +170,11 @@ def single(base_size: int = 224, fill: tuple[int, int, int] = OPENAI_CLIP_FILL) 
 
 
 def global_grid(
-    base_size: int = 224, grid: int = 2, fill: tuple[int, int, int] = OPENAI_CLIP_FILL
+    base_size: int = 224,
+    grid: int = 2,
+    fill: tuple[int, int, int] = OPENAI_CLIP_FILL,
+    half_precision_resize: bool = False,
 ) -> GlobalGrid:
-    """A global view plus grid x grid tiles of base_size (SPHINX-1k: 224, 2; SPHINX-2k: 224, 3)."""
-    return GlobalGrid(base_size, grid, fill)
+    """A global view plus grid x grid tiles of base_size (SPHINX-1k: 224, 2; SPHINX-2k: 224, 3);
+    `half_precision_resize` downsamples the global view in float16, as SPHINX's code does."""
+    return GlobalGrid(base_size, grid, fill, half_precision_resize)

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from PIL import Image
 from torch import nn
@@ -25,26 +24,40 @@ from sphinx_mllm.encoders import EncoderOutput, VisualEncoder, create_encoder
 from sphinx_mllm.encoders.transforms import normalize
 from sphinx_mllm.mixer.mixing import Mixer, StreamSpec
 from sphinx_mllm.mixer.registry import get_mixer, get_view_splitter
+from sphinx_mllm.mixer.resizing import RESIZE_MODES, canvas_views, resize_views
 from sphinx_mllm.mixer.splitters import ViewSplitter
 from sphinx_mllm.mixer.views import ViewKind, ViewLayout
 
-RESIZE_MODES = ("nearest", "bilinear", "bicubic", "area")
+RESAMPLE_SOURCES = ("view", "canvas")
 
 
 @dataclass(frozen=True)
 class EncoderStream:
     """One encoder of the stack and how views are fed to it: resized to `image_size` (default:
-    the encoder's input size) with `resize` interpolation."""
+    the encoder's input size) with `resize` interpolation.
+
+    `half_precision_resize` passes the views through the interpolation in float16 even at equal
+    sizes, as SPHINX's released code does (see `resizing`). `resample_from="canvas"` makes this
+    stream's views from the whole padded canvas rather than from the splitter's views: the
+    global view is the canvas resized to the stream's side, the tiles are cut from the canvas
+    resized to k x that side (SPHINX-Tiny-1k feeds DINOv2 so); it needs a square tile grid."""
 
     encoder: VisualEncoder
     image_size: int | None = None
     resize: str = "bicubic"
     name: str | None = None
+    half_precision_resize: bool = False
+    resample_from: str = "view"
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
             raise ValueError(
                 f"Unknown resize {self.resize!r} for a stream; expected one of {RESIZE_MODES}"
+            )
+        if self.resample_from not in RESAMPLE_SOURCES:
+            raise ValueError(
+                f"Unknown resample_from {self.resample_from!r} for a stream; expected one of "
+                f"{RESAMPLE_SOURCES}"
             )
 
     @property
@@ -231,7 +244,7 @@ class VisualStack(nn.Module):
         self._check_views(per_image)
         counts = [image_views.shape[0] for image_views in per_image]
         all_views = torch.cat(per_image)
-        outputs = [self._encode(name, all_views) for name in self.stream_names]
+        outputs = [self._encode(name, all_views, counts) for name in self.stream_names]
         if self.mixer.kind_independent:  # one call mixes every view; images are runs of views
             mixed = self.mixer(outputs, "global")
             if len(set(counts)) == 1:
@@ -281,12 +294,25 @@ class VisualStack(nn.Module):
                     f"side), got {tuple(image_views.shape)}; stack.preprocess(image) makes them"
                 )
 
-    def _encode(self, name: str, views: torch.Tensor) -> EncoderOutput:
+    def _encode(
+        self, name: str, views: torch.Tensor, counts: list[int] | None = None
+    ) -> EncoderOutput:
+        """The stream `name`'s tokens for `views` of images holding `counts` views each
+        (default: one each)."""
         stream = self.streams[name]
+        counts = counts or [1] * views.shape[0]
         encoder = stream.encoder
         pixels = views.to(torch.float32) if views.dtype != torch.float32 else views
-        if tuple(pixels.shape[-2:]) != stream.size:
-            pixels = F.interpolate(pixels, size=stream.size, mode=stream.resize)
+        half = stream.half_precision_resize
+        if stream.resample_from == "canvas" and max(counts) > 1:
+            pixels = torch.cat(
+                [
+                    canvas_views(image_views, stream.size, stream.resize, half_precision=half)
+                    for image_views in pixels.split(counts)
+                ]
+            )
+        elif half or tuple(pixels.shape[-2:]) != stream.size:
+            pixels = resize_views(pixels, stream.size, stream.resize, half_precision=half)
         return encoder(normalize(pixels, encoder.mean, encoder.std))
 
 

@@ -183,7 +183,15 @@ def build_visual_stack(
             if given is not None
             else create_encoder(spec.name, device=device, dtype=dtype, **spec.options)
         )
-        streams.append(EncoderStream(encoder, image_size=spec.image_size, resize=spec.resize))
+        streams.append(
+            EncoderStream(
+                encoder,
+                image_size=spec.image_size,
+                resize=spec.resize,
+                half_precision_resize=spec.half_precision_resize,
+                resample_from=spec.resample_from,
+            )
+        )
     mixer = (components or {}).get("mixer") or vision.mixer
     return VisualStack(
         vision.splitter,

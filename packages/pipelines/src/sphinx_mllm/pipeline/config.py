@@ -153,12 +153,16 @@ def config_errors(cls: C | None = None, *, label: str | Callable[..., str] | Non
 class EncoderSpec:
     """One encoder of the visual stack: its registry name, the factory's arguments (`pretrained`,
     `feature_layer`, ...), and the side and interpolation the views are fed to it at (default:
-    the encoder's own input size)."""
+    the encoder's own input size), in float16 when `half_precision_resize` (as SPHINX's released
+    code resizes); `resample_from: canvas` makes its views from the whole padded image instead of
+    the splitter's views (see sphinx-mixer's `EncoderStream`)."""
 
     name: StrictStr
     options: Mapping = field(default_factory=dict)
     image_size: PositiveInt | None = None
     resize: StrictStr = "bicubic"
+    half_precision_resize: StrictBool = False
+    resample_from: Literal["view", "canvas"] = "view"
 
 
 @config_errors

@@ -276,6 +276,14 @@ class SphinxModel(PreTrainedModel):
 
         return from_llava(path, **options)
 
+    @classmethod
+    def from_accessory(cls, path: Any, **options: Any) -> SphinxModel:
+        """Import a LLaMA2-Accessory SPHINX release directory (`consolidated.*.model.pth`,
+        config.json, meta.json, tokenizer.model); see `accessory.conversion.from_accessory`."""
+        from sphinx_mllm.pipeline.accessory import from_accessory
+
+        return from_accessory(path, **options)
+
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, pixel_values: Pixels | None = None, **options: Any):
         """Greedy or sampled continuation with a KV cache; see `generation.generate`."""

@@ -10,7 +10,15 @@ from collections.abc import Callable
 
 import typer
 
-COMMAND_MODULES = ("describe", "generation", "llava", "training", "listing", "serve")
+COMMAND_MODULES = (
+    "describe",
+    "generation",
+    "llava",
+    "accessory",
+    "training",
+    "listing",
+    "serve",
+)
 SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 
 

@@ -10,11 +10,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from sphinx_mllm.pipeline.commands import add_command
+from sphinx_mllm.pipeline.commands.outputs import (
+    DTYPE_CHOICES,
+    check_dtype,
+    check_output_early,
+    echo_rows,
+)
 
 if TYPE_CHECKING:
     from sphinx_mllm.pipeline.model import SphinxModel
-
-DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 
 
 def import_llava(
@@ -41,25 +45,15 @@ def import_llava(
 
     Example: sphinx-pipeline import-llava ./llava-1.5-7b-hf ./llava-1.5-7b --dtype float16
     """
-    if dtype is not None and dtype not in DTYPE_CHOICES:
-        raise typer.BadParameter(
-            f"expected one of {DTYPE_CHOICES}, got {dtype!r}", param_hint="--dtype"
-        )
-    from sphinx_mllm.core.outputs import check_replaceable
+    check_dtype(dtype)
     from sphinx_mllm.pipeline.checkpoint import WRITER
     from sphinx_mllm.pipeline.llava_import import from_llava
 
-    if out.exists():  # checked before the (long) import, and again under the output's lock
-        if not force:
-            raise FileExistsError(f"{out} exists; pass --force to replace it")
-        check_replaceable(out.resolve(), WRITER, inputs=[hf_dir])
+    check_output_early(out, force=force, writer=WRITER, inputs=[hf_dir])
     model = from_llava(hf_dir, dtype=dtype)
     written = model.save_pretrained(out, overwrite=force, inputs=[hf_dir])
-    rows = import_summary(model)
-    width = max(len(label) for label, _ in rows)
     typer.echo(f"Imported {hf_dir} -> {written}")
-    for label, description in rows:
-        typer.echo(f"  {label:<{width}}  {description}")
+    echo_rows(import_summary(model))
 
 
 def import_summary(model: SphinxModel) -> list[tuple[str, str]]:
@@ -125,14 +119,10 @@ def export_llava(
 
     Example: sphinx-pipeline export-llava ./my-llava ./my-llava-hf
     """
-    from sphinx_mllm.core.outputs import check_replaceable
     from sphinx_mllm.pipeline.llava_export import WRITER, to_llava
     from sphinx_mllm.pipeline.model import SphinxModel
 
-    if out.exists():  # checked before loading, and again under the output's lock
-        if not force:
-            raise FileExistsError(f"{out} exists; pass --force to replace it")
-        check_replaceable(out.resolve(), WRITER, inputs=[checkpoint])
+    check_output_early(out, force=force, writer=WRITER, inputs=[checkpoint])
     model = SphinxModel.from_pretrained(checkpoint)
     written = to_llava(model, out, overwrite=force, inputs=[checkpoint])
     typer.echo(
@@ -156,14 +146,10 @@ def convert_checkpoint(
 
     Example: sphinx-pipeline convert-checkpoint runs/old/model runs/old/model-v2
     """
-    from sphinx_mllm.core.outputs import check_replaceable
     from sphinx_mllm.pipeline.checkpoint import WRITER, describe_checkpoint
     from sphinx_mllm.pipeline.model import SphinxModel
 
-    if out.exists():
-        if not force:
-            raise FileExistsError(f"{out} exists; pass --force to replace it")
-        check_replaceable(out.resolve(), WRITER, inputs=[checkpoint])
+    check_output_early(out, force=force, writer=WRITER, inputs=[checkpoint])
     version = describe_checkpoint(checkpoint).format_version
     model = SphinxModel.from_pretrained(checkpoint)
     written = model.save_pretrained(out, overwrite=force, inputs=[checkpoint])
