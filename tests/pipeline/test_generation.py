@@ -361,6 +361,12 @@ def test_evaluation_limits_replies_by_the_models_task_limits(model, tmp_path, mo
     assert sorted(calls) == sorted([(2, 3), (2, longest + 2), (1, 7)])  # (records, new tokens)
     assert [p.record_id for p in report.predictions] == [f"r{i}" for i in range(5)]
     assert [p.task for p in report.predictions] == tasks
+    rows = report.by_task()  # "caption" is no task `auto` knows: exact match
+    assert {task: row["metric"] for task, row in rows.items()} == {
+        "caption": "exact", "rec": "rec", "vqa": "vqa"
+    }  # fmt: skip
+    assert rows["vqa"]["count"] == 2 and "miou" in rows["rec"]
+    assert all(0.0 <= p.score <= 1.0 for p in report.predictions)
 
     calls.clear()  # a model without task limits: one batch under the reference-length rule
     evaluation.evaluate(model, [DataSource.parse(str(data))], extra_tokens=2)

@@ -127,6 +127,7 @@ def test_a_session_leaves_curves_scores_and_figures(synthetic, tmp_path, capsys)
         max_steps=None, settings=[], resume=False, device="cpu", progress=False,
     )  # fmt: skip
     assert set(summary) == {"vqa", "rec"} and summary["rec"]["count"] == 3
+    assert summary["rec"]["metric"] == "rec" and 0.0 <= summary["rec"]["miou"] <= 1.0
     records = [json.loads(line) for line in (out / EVAL_CURVE_FILE).open()]
     assert [r["step"] for r in records] == [2, 4]
     assert all(set(r["tasks"]) == {"vqa", "rec"} for r in records)

@@ -1,10 +1,16 @@
 """Score a model on LLaVA-format records: the last reply of each conversation is generated
-(greedily) from the turns before it and compared with the reference by a metric.
+(greedily) from the turns before it, and each task's replies are scored together by the metric
+that fits the task (`sphinx_mllm.data.metrics`), so corpus-level metrics (box mAP, CIDEr) see
+all of a task's records at once.
 
-Metrics: `exact` (normalised exact match), `vqa` (the VQA challenge's accuracy against
-`meta.answers` when the record has them, else exact), `rec` (Acc@0.5 under SPHINX's protocol
-against `meta.bbox_xyxy` on `meta.image_size`), and `auto`, which picks by the record's
-`meta.task`: `vqa` for short-answer VQA, `rec` for REC, `exact` otherwise.
+Metrics: `auto` picks by the record's `meta.task` (`metric_for_task`): detection and layout
+`detection_map` / `layout_map` (mAP@0.5, COCO mAP as the extra `coco_map`), grounded captions
+`phrase_f1` (phrase-box F1@0.5), pose `pck` (PCK@0.2), short and detailed captions and REG
+`cider` (CIDEr-D), REC `rec` (Acc@0.5 with the extra `miou`), VQA `vqa` (VQA accuracy against
+`meta.answers`, else exact), multiple choice and everything else `exact` (normalised exact
+match). Any of those names applies one metric to every record instead. The ground truth each
+metric needs is read from the record's `meta`; every record is checked for it before the first
+reply is generated.
 
 How long a reply may run: the model config's `generation.task_max_new_tokens[task]` for a record
 of that task (SPHINX: 10 new tokens for VQA, 30 for REC), else the longest reference of its
@@ -17,14 +23,14 @@ batch in tokens plus `extra_tokens`.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sphinx_mllm.data.metrics import exact_match, rec_iou, vqa_accuracy
+from sphinx_mllm.data.metrics import TASK_METRICS, TaskMetric, make_metric, metric_for_task
 from sphinx_mllm.data.readers import Problems
 from sphinx_mllm.data.readers.llava import read_llava
 from sphinx_mllm.pipeline.config import GenerationDefaults
@@ -35,54 +41,44 @@ from sphinx_mllm.pipeline.training.data import DataSource, with_readable_images
 if TYPE_CHECKING:
     from sphinx_mllm.pipeline.model import SphinxModel
 
-METRICS = ("auto", "exact", "vqa", "rec")
-AUTO_METRIC = {"vqa": "vqa", "rec": "rec"}
+METRICS = ("auto", *TASK_METRICS)
 
 
 @dataclass
 class Prediction:
+    """One generated reply. `score` is the record's own score under its metric (None where the
+    metric has none, as box mAP); `extra` its per-record figures (e.g. `iou`, `precision`)."""
+
     record_id: str
     task: str
     metric: str
     question: str
     reference: str
     prediction: str
-    score: float
+    score: float | None = None
     image: Path | None = None
     extra: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class EvalReport:
-    """Per-record predictions and the per-task mean scores."""
+    """Per-record predictions and, per task, its metric's corpus score (`tasks`)."""
 
     predictions: list[Prediction]
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def by_task(self) -> dict[str, dict[str, Any]]:
-        groups: dict[str, list[Prediction]] = defaultdict(list)
-        for prediction in self.predictions:
-            groups[prediction.task].append(prediction)
-        summary = {}
-        for task, items in sorted(groups.items()):
-            row: dict[str, Any] = {
-                "metric": items[0].metric,
-                "count": len(items),
-                "score": sum(p.score for p in items) / len(items),
-            }
-            extras = {key for p in items for key in p.extra}
-            for key in sorted(extras):
-                row[key] = sum(p.extra.get(key, 0.0) for p in items) / len(items)
-            summary[task] = row
-        return summary
+        """{task: {"metric", "count", "score", extras...}}: each task's corpus score."""
+        return {task: dict(row) for task, row in self.tasks.items()}
 
     def table(self) -> str:
-        lines = [f"  {'task':<18} {'metric':<8} {'n':>5} {'score':>7}  other"]
+        lines = [f"  {'task':<18} {'metric':<13} {'n':>5} {'score':>7}  other"]
         for task, row in self.by_task().items():
             other = ", ".join(
                 f"{k} {v:.3f}" for k, v in row.items() if k not in ("metric", "count", "score")
             )
             lines.append(
-                f"  {task:<18} {row['metric']:<8} {row['count']:>5} {row['score']:>7.3f}  {other}"
+                f"  {task:<18} {row['metric']:<13} {row['count']:>5} {row['score']:>7.3f}  {other}"
             )
         return "\n".join(lines)
 
@@ -93,33 +89,55 @@ class EvalReport:
         }
 
 
-def score(metric: str, prediction: str, record: dict[str, Any]) -> tuple[float, dict[str, float]]:
-    """The score of one prediction for `record` (and extra figures, e.g. the IoU)."""
-    meta = record.get("meta") or {}
-    reference = record["conversations"][-1]["value"]
-    if metric == "rec":
-        box, size = meta.get("bbox_xyxy"), meta.get("image_size")
-        if box is None or size is None:
-            raise ValueError(
-                f"Record {record.get('id')!r}: the rec metric needs meta.bbox_xyxy and "
-                "meta.image_size (pixels of the original image)"
-            )
-        iou = rec_iou(prediction, box, size)
-        return float(iou >= 0.5), {"iou": iou}
-    if metric == "vqa":
-        answers = meta.get("answers")
-        if answers:
-            return vqa_accuracy(prediction, answers), {"exact": exact_match(prediction, reference)}
-        return exact_match(prediction, reference), {}
-    return exact_match(prediction, reference), {}
-
-
-def metric_for(record: dict[str, Any], metric: str) -> str:
+def metric_for(record: Mapping[str, Any], metric: str) -> str:
+    """The metric a record is scored by: `metric` itself, or under `auto` its task's."""
     if metric not in METRICS:
         raise ValueError(f"Unknown metric {metric!r}; expected one of {METRICS}")
     if metric != "auto":
         return metric
-    return AUTO_METRIC.get(str((record.get("meta") or {}).get("task")), "exact")
+    return metric_for_task((record.get("meta") or {}).get("task"))
+
+
+def score_predictions(
+    predictions: Sequence[Prediction], records: Sequence[Mapping[str, Any]]
+) -> EvalReport:
+    """Score each prediction (its `metric` already chosen) against its record, one metric
+    object per (task, metric), and fill in the per-record scores and figures. A task's row is
+    named by the task, or "task (metric)" when records of one task went to several metrics."""
+    if len(predictions) != len(records):
+        raise ValueError(
+            f"score_predictions needs one record per prediction; got {len(predictions)} "
+            f"predictions and {len(records)} records"
+        )
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for index, prediction in enumerate(predictions):
+        groups[(prediction.task, prediction.metric)].append(index)
+    metrics_of_task: dict[str, int] = defaultdict(int)
+    for task, _ in groups:
+        metrics_of_task[task] += 1
+    tasks: dict[str, dict[str, Any]] = {}
+    for (task, name), indices in sorted(groups.items()):
+        metric = make_metric(name)
+        for index in indices:
+            predictions[index].extra = metric.add(predictions[index].prediction, records[index])
+        result = metric.result()
+        for index, value in zip(indices, result.per_record, strict=True):
+            predictions[index].score = value
+        key = task if metrics_of_task[task] == 1 else f"{task} ({name})"
+        tasks[key] = {"metric": name, "count": result.count, "score": result.score}
+        tasks[key].update(result.extras)
+    return EvalReport(list(predictions), tasks)
+
+
+def check_ground_truth(records: Sequence[Mapping[str, Any]], metric: str) -> None:
+    """Raise (naming the record) when a record lacks what its metric needs, before any reply
+    is generated: an empty reply is added to a throwaway metric of its kind."""
+    checkers: dict[str, TaskMetric] = {}
+    for record in records:
+        name = metric_for(record, metric)
+        if name not in checkers:
+            checkers[name] = make_metric(name)
+        checkers[name].add("", record)
 
 
 def evaluate(
@@ -135,10 +153,12 @@ def evaluate(
     """Generate the last reply of every record (at most `limit` per source) and score it. The
     reply may run to the model's limit for the record's task, or else `extra_tokens` past the
     reference's own token count. Every record and image is checked before the first is
-    generated; an empty file or a limit under 1 is an error."""
+    generated, and so is the ground truth each record's metric needs; an empty file or a limit
+    under 1 is an error."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size!r}")
     items = records_to_score(sources, limit=limit)
+    check_ground_truth([record for _, record in items], metric)
     task_limits = GenerationDefaults.of(model.model_config).task_max_new_tokens
     predictions: list[Prediction] = []
     for start in range(0, len(items), batch_size):
@@ -146,7 +166,7 @@ def evaluate(
         predictions += _predict_batch(model, chunk, metric, task_limits, extra_tokens)
         if on_batch is not None:
             on_batch(min(start + batch_size, len(items)), len(items))
-    return EvalReport(predictions)
+    return score_predictions(predictions, [record for _, record in items])
 
 
 def records_to_score(
@@ -212,23 +232,19 @@ def _predict(model: SphinxModel, chunk, metric: str, max_new_tokens: int) -> lis
     for (source, record), text, reference, image in zip(
         chunk, output.texts, references, paths, strict=True
     ):
-        chosen = metric_for(record, metric)
-        value, extra = score(chosen, text.strip(), record)
         question = next(
             (t["value"] for t in reversed(record["conversations"][:-1]) if t["from"] == "human"),
             "",
         )
         results.append(
             Prediction(
-                str(record.get("id", "")),
-                _task(source, record),
-                chosen,
-                question,
-                reference,
-                text.strip(),
-                value,
-                image,
-                extra,
+                record_id=str(record.get("id", "")),
+                task=_task(source, record),
+                metric=metric_for(record, metric),
+                question=question,
+                reference=reference,
+                prediction=text.strip(),
+                image=image,
             )
         )
     return results

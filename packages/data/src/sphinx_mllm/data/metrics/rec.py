@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 from sphinx_mllm.data.boxes import (
     BoxParseError,
@@ -21,6 +22,8 @@ from sphinx_mllm.data.boxes import (
     parse_first_bracket,
     to_padded_pixels,
 )
+from sphinx_mllm.data.metrics.box_replies import record_box, record_image_size
+from sphinx_mllm.data.metrics.task_metric import MeanMetric, Record
 
 
 def rec_iou(
@@ -69,3 +72,21 @@ def rec_accuracy(
         for text, box, size in zip(predictions, gt_boxes_xyxy_pixels, image_sizes, strict=True)
     )
     return hits / len(predictions)
+
+
+class RecAccuracy(MeanMetric):
+    """REC Acc@0.5 against `meta.bbox_xyxy` on `meta.image_size` (pixels of the original image);
+    each record's IoU is its figure `iou`, and their mean the extra `miou`."""
+
+    name: ClassVar[str] = "rec"
+    summary_names: ClassVar[dict[str, str]] = {"iou": "miou"}
+
+    def __init__(self, *, threshold: float = 0.5) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def score_one(self, prediction: str, record: Record) -> tuple[float, dict[str, float]]:
+        box = record_box(record, "bbox_xyxy", self.name, "the referent's box in pixels")
+        size = record_image_size(record, self.name)
+        iou = rec_iou(prediction, box, size)
+        return float(iou >= self.threshold), {"iou": iou}

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from fractions import Fraction
+from typing import ClassVar
 
+from sphinx_mllm.data.metrics.exact_match import exact_match
+from sphinx_mllm.data.metrics.task_metric import MeanMetric, Record, reference_reply
 from sphinx_mllm.data.metrics.vqa_normalization import normalize_vqa_answer, process_punctuation
 
 
@@ -40,3 +43,17 @@ def vqa_accuracy(
     # Leaving out a matching answer leaves matches - 1 others; leaving out another leaves matches.
     capped = sum(min(3, matches - (reference == predicted)) for reference in references)
     return float(Fraction(capped, 3 * len(references)))
+
+
+class VqaAccuracy(MeanMetric):
+    """VQA accuracy against `meta.answers` (the human answers) when the record has them, else
+    exact match with its reference reply; the extra `exact` is the exact-match rate."""
+
+    name: ClassVar[str] = "vqa"
+
+    def score_one(self, prediction: str, record: Record) -> tuple[float, dict[str, float]]:
+        answers = (record.get("meta") or {}).get("answers")
+        reference = reference_reply(record)
+        if answers:
+            return vqa_accuracy(prediction, answers), {"exact": exact_match(prediction, reference)}
+        return exact_match(prediction, reference), {}

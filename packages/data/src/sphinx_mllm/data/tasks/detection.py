@@ -1,13 +1,18 @@
 """Detection-like tasks from COCO-format files: detection ("Detect all {category} shown in the
 image."), layout (every layout element with its category), and pose ("Detect the key points of
-the person in the region [box]." -> the labelled COCO keypoints). Boxes per sample are capped."""
+the person in the region [box]." -> the labelled COCO keypoints). Boxes per sample are capped.
+
+Each sample's `meta` keeps the ground truth its metric needs (`sphinx_mllm.data.metrics`), in
+pixels of the original image: detection and layout `objects` ``{category: [[x1, y1, x2, y2]]}``
+with every box, the cap notwithstanding (the truth a reply is scored against); pose `bbox_xyxy`
+(the person's box) and `keypoints` ``{name: [x, y]}`` of the labelled keypoints."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from sphinx_mllm.data.boxes import coco_keypoints, format_keypoints
+from sphinx_mllm.data.boxes import COCO_KEYPOINT_NAMES, coco_keypoints, format_keypoints
 from sphinx_mllm.data.readers.coco import CocoFile
 from sphinx_mllm.data.tasks.base import Sample, TaskBuilder, one_round
 from sphinx_mllm.data.tasks.geometry import BoxWriter
@@ -62,12 +67,8 @@ class Detection(CocoTask):
                     sample_id = f"det-{image.id}-{category_id}"
                     prompt = self.instructions.for_sample(sample_id, category=category)
                     answer = self.writer.phrase(category, self.cap(boxes), image.size)
-                    yield Sample(
-                        sample_id,
-                        image.file_name,
-                        one_round(prompt, answer),
-                        {"image_size": list(image.size)},
-                    )
+                    meta = {"image_size": list(image.size), "objects": _objects({category: boxes})}
+                    yield Sample(sample_id, image.file_name, one_round(prompt, answer), meta)
 
 
 class Layout(CocoTask):
@@ -91,12 +92,9 @@ class Layout(CocoTask):
                         )
                 sample_id = f"layout-{image.id}"
                 prompt = self.instructions.for_sample(sample_id)
-                yield Sample(
-                    sample_id,
-                    image.file_name,
-                    one_round(prompt, " ".join(parts)),
-                    {"image_size": list(image.size)},
-                )
+                named = {coco.category_name(i): boxes for i, boxes in sorted(by_category.items())}
+                meta = {"image_size": list(image.size), "objects": _objects(named)}
+                yield Sample(sample_id, image.file_name, one_round(prompt, " ".join(parts)), meta)
 
 
 class Pose(CocoTask):
@@ -125,12 +123,26 @@ class Pose(CocoTask):
                     sample_id, box=self.writer.boxes([item.xyxy], image.size)
                 )
                 answer = format_keypoints(named, self.writer.style)
-                yield Sample(
-                    sample_id,
-                    image.file_name,
-                    one_round(prompt, answer),
-                    {"image_size": list(image.size)},
-                )
+                meta = {
+                    "image_size": list(image.size),
+                    "bbox_xyxy": list(item.xyxy),
+                    "keypoints": _labelled_pixels(item.keypoints),
+                }
+                yield Sample(sample_id, image.file_name, one_round(prompt, answer), meta)
+
+
+def _objects(boxes_by_name: dict[str, list]) -> dict[str, list[list[float]]]:
+    """Ground truth for the box metrics: every box of each name, as JSON lists."""
+    return {name: [list(box) for box in boxes] for name, boxes in boxes_by_name.items()}
+
+
+def _labelled_pixels(keypoints: tuple[float, ...]) -> dict[str, list[float]]:
+    """{name: [x, y]} in pixels of the COCO keypoints with visibility 1 or 2."""
+    return {
+        name: [keypoints[3 * i], keypoints[3 * i + 1]]
+        for i, name in enumerate(COCO_KEYPOINT_NAMES)
+        if keypoints[3 * i + 2] > 0
+    }
 
 
 def detection(**options: Any) -> Detection:

@@ -1,6 +1,11 @@
 """Grounding tasks: referring expression comprehension (REC: expression -> box), region
 captioning (REG: box -> expression), and grounded captions (a caption whose phrases carry
-their boxes), with SPHINX's instructions."""
+their boxes), with SPHINX's instructions.
+
+`meta` keeps the ground truth of the metrics, in pixels of the original image: REC the
+referent's `bbox_xyxy`; grounded captions `objects` ``{phrase: [[x1, y1, x2, y2]]}``, every box
+of every grounded phrase, the per-phrase cap notwithstanding (phrases written alike share one
+entry)."""
 
 from __future__ import annotations
 
@@ -88,6 +93,7 @@ class GroundedCaptioning(BoxTask):
     def samples(self, source: Iterable[GroundedCaption]) -> Iterator[Sample]:
         for index, caption in enumerate(source):
             parts: list[Any] = []
+            objects: dict[str, list[list[float]]] = {}
             last = 0
             grounded = [phrase for phrase in caption.phrases if phrase.boxes]
             if not grounded:
@@ -102,17 +108,14 @@ class GroundedCaptioning(BoxTask):
                     ]
                 )
                 parts.append(GroundedBoxes(phrase.text, tuple(boxes)))
+                objects.setdefault(phrase.text, []).extend(list(box) for box in phrase.boxes)
                 last = phrase.end
             parts.append(caption.caption[last:])
             answer = format_grounded_text(parts, self.writer.style)
             sample_id = f"gcap-{caption.image_id}-{index}"
             prompt = self.instructions.for_sample(sample_id)
-            yield Sample(
-                sample_id,
-                caption.file_name,
-                one_round(prompt, answer),
-                {"image_size": list(caption.image_size)},
-            )
+            meta = {"image_size": list(caption.image_size), "objects": objects}
+            yield Sample(sample_id, caption.file_name, one_round(prompt, answer), meta)
 
 
 def rec(**options: Any) -> ReferringComprehension:
