@@ -47,7 +47,7 @@ def test_encode_refuses_a_missing_image(tmp_path):
 COMMANDS = [
     "components", "encode", "describe", "generate", "chat", "import-llava", "import-accessory",
     "export-llava",
-    "convert-checkpoint", "serve", "train", "eval", "list", "merge",
+    "convert-checkpoint", "serve", "train", "consolidate", "eval", "list", "merge",
 ]  # fmt: skip
 
 

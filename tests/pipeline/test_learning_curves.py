@@ -136,3 +136,12 @@ def test_a_session_leaves_curves_scores_and_figures(synthetic, tmp_path, capsys)
         assert (out / name).is_file(), name
     printed = capsys.readouterr().out
     assert "held-out score by step" in printed and "step 2: held-out" in printed
+    # the same steps and scores in TensorBoard's event files
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").open()]
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(losses, rel=1e-6)
+    assert [e.step for e in events.Scalars("eval/rec")] == [2, 4]

@@ -1,4 +1,4 @@
-"""`sphinx-pipeline train` and `sphinx-pipeline eval`."""
+"""`sphinx-pipeline train`, `sphinx-pipeline consolidate` and `sphinx-pipeline eval`."""
 
 from __future__ import annotations
 
@@ -58,6 +58,8 @@ def train(
       sphinx-pipeline train --data my.jsonl --images imgs/ --out runs/mine --max-steps 500
 
       torchrun --nproc_per_node 2 -m sphinx_mllm.pipeline train run.yaml --out runs/ddp
+
+      torchrun --nproc_per_node 8 -m sphinx_mllm.pipeline train run.yaml --set strategy=fsdp
     """
     from sphinx_mllm.pipeline.training.session import run_training
 
@@ -77,21 +79,56 @@ def train(
     )
 
 
+def consolidate(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A sharded checkpoint of an fsdp run: RUN/checkpoints/step-N.")
+    ],
+    out: Annotated[Path, typer.Argument(help="The checkpoint directory to write.")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Replace OUT if it is an earlier sphinx-pipeline checkpoint (never other files, "
+            "never a directory holding CHECKPOINT)."
+        ),
+    ] = False,
+) -> None:
+    """Turn a sharded checkpoint of an fsdp run into one ordinary checkpoint (config.json,
+    safetensors, processor), in one process: SphinxModel.from_pretrained(OUT) loads it.
+
+    Example: sphinx-pipeline consolidate runs/big/checkpoints/step-002000 runs/big/step-2000
+    """
+    from sphinx_mllm.pipeline.checkpoint import WRITER
+    from sphinx_mllm.pipeline.commands.outputs import check_output_early
+    from sphinx_mllm.pipeline.training.sharded_checkpoints import check_complete
+    from sphinx_mllm.pipeline.training.sharded_checkpoints import consolidate as run
+
+    check_complete(checkpoint)
+    check_output_early(out, force=force, writer=WRITER, inputs=[checkpoint])
+    written = run(checkpoint, out, force=force)
+    typer.echo(f"Consolidated {checkpoint} -> {written}")
+
+
 def evaluate(
     checkpoint: Annotated[str, typer.Argument(help="A checkpoint directory (or a preset name).")],
     data: Annotated[list[str], typer.Option("--data", help="LLaVA JSON/JSONL file (repeatable).")],
     images: Annotated[
         list[Path] | None, typer.Option(help="Image root of each --data (one serves all).")
     ] = None,
-    metric: Annotated[str, typer.Option(help="auto, exact, vqa or rec.")] = "auto",
+    metric: Annotated[
+        str,
+        typer.Option(
+            help="auto (each task's own metric) or one for every record: exact, vqa, rec, "
+            "detection_map, layout_map, phrase_f1, pck, cider."
+        ),
+    ] = "auto",
     limit: Annotated[
         int | None, typer.Option(min=1, help="At most this many records per file.")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Records generated at once.")] = 16,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Score a checkpoint on held-out records, per task (auto: VQA accuracy for VQA, Acc@0.5
-    for REC, exact match of the last answer otherwise).
+    """Score a checkpoint on held-out records, per task, each with its own metric (auto: VQA
+    accuracy, REC Acc@0.5, box mAP, phrase F1, PCK, CIDEr; exact match otherwise).
 
     Example: sphinx-pipeline eval runs/demo/model --data val.jsonl --images data/ --metric auto
     """
@@ -114,4 +151,5 @@ def evaluate(
 
 def register(app: typer.Typer) -> None:
     add_command(app, train)
+    add_command(app, consolidate)
     add_command(app, evaluate, "eval")

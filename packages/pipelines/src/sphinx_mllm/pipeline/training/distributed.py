@@ -1,5 +1,6 @@
 """torch.distributed plumbing: the process group `torchrun` describes in the environment, DDP
-wrapping, and reductions. One process without `torchrun` is a world of one.
+wrapping, gradient synchronisation while accumulating (DDP and FSDP), and reductions. One process
+without `torchrun` is a world of one. FSDP's sharding itself is in `training.fsdp`.
 
     torchrun --nproc_per_node 2 -m sphinx_mllm.pipeline train --preset demo ...
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,13 +52,16 @@ class Distributed:
             dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo")
         return cls(rank, world_size, local_rank, target)
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """DDP when the world is larger than one process; the model itself otherwise."""
+    def wrap(self, model: nn.Module, *, find_unused_parameters: bool = False) -> nn.Module:
+        """DDP when the world is larger than one process; the model itself otherwise.
+        `find_unused_parameters` only when a step can leave a trainable parameter without a
+        gradient (`training.unused_parameters` decides): the search walks the autograd graph
+        after every backward, and DDP warns on every run that it finds nothing."""
         if not self.enabled:
             return model
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(
-            model, device_ids=device_ids, find_unused_parameters=True
+            model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
         )
 
     def sum(self, value: float | torch.Tensor) -> float:
@@ -86,10 +92,18 @@ class Distributed:
         dist.destroy_process_group()
 
 
-def no_sync(model: Any, skip: bool):
-    """DDP's `no_sync` while accumulating (no gradient all-reduce until the last micro-batch)."""
-    from contextlib import nullcontext
+@contextmanager
+def gradient_sync(model: Any, *, enabled: bool) -> Iterator[None]:
+    """Whether the backward inside reduces gradients over the processes: off on all but the
+    last micro-batch of a step (DDP's `no_sync`, FSDP's `set_requires_gradient_sync`), so that
+    accumulation communicates once per step."""
+    from sphinx_mllm.pipeline.training.fsdp import is_sharded
 
-    if skip and isinstance(model, nn.parallel.DistributedDataParallel):
-        return model.no_sync()
-    return nullcontext()
+    if isinstance(model, nn.parallel.DistributedDataParallel) and not enabled:
+        with model.no_sync():
+            yield
+    elif is_sharded(model):
+        model.set_requires_gradient_sync(enabled)
+        yield
+    else:
+        yield

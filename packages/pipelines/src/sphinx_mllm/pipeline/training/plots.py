@@ -70,7 +70,8 @@ def plot_training_curve(
         curve_steps, scores = read_curve(curve_file)
         for task, values in scores.items():
             axes[2].plot(curve_steps, values, marker="o", markersize=3, label=task)
-        axes[2].set_ylim(0, 1)
+        # scores are fractions, except CIDEr (0 to 10): the axis reaches the highest one
+        axes[2].set_ylim(0, max([1.0, *(v for values in scores.values() for v in values)]))
         axes[2].set_xlabel("step")
         axes[2].set_title("held-out score by step")
         axes[2].legend(fontsize=7)
@@ -78,7 +79,7 @@ def plot_training_curve(
         bars = axes[-1]
         tasks = list(evaluation)
         bars.barh(tasks, [evaluation[task]["score"] for task in tasks], color="C2")
-        bars.set_xlim(0, 1)
+        bars.set_xlim(0, max([1.0, *(evaluation[task]["score"] for task in tasks)]))
         bars.set_title("held-out score by task")
         for index, task in enumerate(tasks):
             row = evaluation[task]

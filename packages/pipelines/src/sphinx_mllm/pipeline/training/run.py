@@ -47,6 +47,7 @@ from sphinx_mllm.pipeline.config import (
 )
 from sphinx_mllm.pipeline.training.data import DataSource
 from sphinx_mllm.pipeline.training.grounding import GroundingConfig
+from sphinx_mllm.pipeline.training.tracking import Tracker
 from sphinx_mllm.pipeline.training.trainer import TrainConfig
 
 DEMO_TASK_WEIGHTS = {
@@ -182,6 +183,8 @@ class RunConfig:
     # a record that cannot be used (malformed, missing or unreadable image): stop at the first
     # ("raise") or drop each and count it by reason in the data summary ("skip")
     on_error: OnError = "raise"
+    # where the main process logs steps and held-out scores besides metrics.jsonl
+    trackers: list[Tracker] = field(default_factory=lambda: ["tensorboard"])
 
     @classmethod
     def from_yaml_file(cls, path: Path) -> RunConfig:
@@ -221,6 +224,7 @@ class RunConfig:
             "curve_limit": self.curve_limit,
             "synthetic": self.synthetic,
             "on_error": self.on_error,
+            "trackers": list(self.trackers),
         } | {  # absent rather than None, so that `--set grounding.steps=...` can create it
             key: dict(value)
             for key, value in (("task_weights", self.task_weights), ("grounding", self.grounding))

@@ -35,6 +35,7 @@ from sphinx_mllm.pipeline.training.run import (
     synthetic_sources,
 )
 from sphinx_mllm.pipeline.training.state import list_checkpoints
+from sphinx_mllm.pipeline.training.tracking import TENSORBOARD_DIR, WANDB_ID_FILE, RunTracking
 from sphinx_mllm.pipeline.training.trainer import (
     EVAL_CURVE_FILE,
     METRICS_FILE,
@@ -166,10 +167,10 @@ def run_training(
         from sphinx_mllm.pipeline.evaluation import records_to_score
 
         records_to_score(run.eval, limit=None)
+    run_record = run.to_dict() | {"model": config.to_dict()}
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_marker(out, RUN_WRITER)
-        run_record = run.to_dict() | {"model": config.to_dict()}
         (out / "run.yaml").write_text(yaml.safe_dump(run_record, sort_keys=False))
     started = time.perf_counter()
     if grounding is not None and not (resume and list_checkpoints(out)):
@@ -189,7 +190,10 @@ def run_training(
         f"model: {config.name}, {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"{model.num_visual_tokens()} visual tokens per image; stage {run.train.stage}; "
         f"{dist.world_size} process(es) on {dist.device}"
+        + (f" ({run.train.strategy})" if dist.enabled else "")
     )
+    tracking = RunTracking(run.trackers, out, run_record) if dist.is_main else None
+    evaluate = _curve_evaluator(model, run) if run.eval else None
     trainer = Trainer(
         model,
         training_data,
@@ -198,24 +202,30 @@ def run_training(
         resume=resume,
         distributed=dist,
         progress=progress,
-        evaluate=_curve_evaluator(model, run) if run.eval else None,
+        on_step=None if tracking is None else tracking.log_step,
+        evaluate=evaluate if tracking is None or evaluate is None else tracking.scored(evaluate),
     )
     try:
         result = trainer.train()
+        trained = trainer.trained_model()  # gathered from the processes' shards with fsdp
     except BaseException as error:
         dist.close(synchronise=False)  # another process may never reach a barrier
         if isinstance(error, NonFiniteLossError):
             raise TrainingError(str(error)) from error
         raise
-    del trainer
+    finally:
+        if tracking is not None:
+            tracking.close()
+    del trainer, model  # a sharded model is replaced by its gathered copy
     dist.close()
     minutes = (time.perf_counter() - started) / 60
     say(
         f"trained {result.steps} steps in {minutes:.1f} min (stopped by {result.stopped_by}); "
         f"final loss {result.final_loss:.4f}"
     )
-    if not dist.is_main:
+    if trained is None:  # not the main process
         return {}
+    model = trained.to(dist.device)
     final = _export(model, out)
     say(f"model: saved to {final}")
     summary: dict[str, Any] = {}
@@ -243,6 +253,9 @@ RUN_OUTPUTS = (
     "grounding.jsonl",
     "eval.json",
     "run.yaml",
+    TENSORBOARD_DIR,
+    "wandb",
+    WANDB_ID_FILE,
     *FIGURES,
 )
 

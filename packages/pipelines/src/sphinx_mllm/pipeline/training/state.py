@@ -10,7 +10,8 @@ state, written atomically every N steps, the last k kept.
 
 Nothing is pickled. A directory that fails to load (a crash mid-write leaves only a hidden
 partial directory, but disks also corrupt files) is skipped with a warning and the previous one
-is used.
+is used. FSDP runs write sharded checkpoints instead (`training.sharded_checkpoints`), in the
+same `step-*` directories.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def save_training_checkpoint(
         trainer.mkdir()
         tensors, groups = _optimizer_state(optimizer, names)
         save_file(tensors, str(trainer / "optimizer.safetensors"))
-        save_file(_torch_rng(), str(trainer / "rng.safetensors"))
+        save_file(torch_rng(), str(trainer / "rng.safetensors"))
         python_rng = random.getstate()
         payload = {
             "trainer": state.__dict__,
@@ -80,10 +81,18 @@ def save_training_checkpoint(
         (trainer / "state.json").write_text(json.dumps(payload, indent=1))
 
     save_pretrained(model, target, overwrite=True, before_commit=add_trainer_state)
-    for old in list_checkpoints(run)[:-keep_last] if keep_last > 0 else []:
-        if (read_marker(old) or {}).get("writer") == CHECKPOINT_WRITER:  # only what we wrote
-            shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(run, keep_last)
     return target
+
+
+def prune_checkpoints(run: Path, keep_last: int) -> None:
+    """Remove all but the last `keep_last` checkpoints (0 keeps every one), and only those a
+    trainer wrote (their marker: an ordinary or a sharded checkpoint)."""
+    from sphinx_mllm.pipeline.training.sharded_checkpoints import WRITER as SHARDED_WRITER
+
+    for old in list_checkpoints(run)[:-keep_last] if keep_last > 0 else []:
+        if (read_marker(old) or {}).get("writer") in (CHECKPOINT_WRITER, SHARDED_WRITER):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def list_checkpoints(run: Path) -> list[Path]:
@@ -120,6 +129,13 @@ def load_latest_checkpoint(
 
 
 def _restore(directory: Path, model: Any, optimizer, scheduler) -> TrainerState:
+    from sphinx_mllm.pipeline.training.sharded_checkpoints import is_sharded_checkpoint
+
+    if is_sharded_checkpoint(directory):
+        raise CheckpointError(
+            f"{directory} is a sharded checkpoint of an fsdp run: resume it with --set "
+            "strategy=fsdp"
+        )
     model = _unwrapped(model)
     trainer = directory / TRAINER_DIR
     payload = json.loads((trainer / "state.json").read_text())
@@ -178,7 +194,8 @@ def _load_optimizer_state(optimizer, tensors: dict[str, torch.Tensor], groups: l
         )
 
 
-def _torch_rng() -> dict[str, torch.Tensor]:
+def torch_rng() -> dict[str, torch.Tensor]:
+    """This process's torch (and CUDA) generator states."""
     states = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state()

@@ -1,10 +1,17 @@
 """The trainer: stages, AdamW with warmup and cosine decay, gradient accumulation, clipping,
-bf16 autocast with fp32 weights for what trains, DDP through torch.distributed, atomic
+bf16 autocast with fp32 weights for what trains, DDP or FSDP2 through torch.distributed, atomic
 checkpoints every N steps with exact resume, held-out scores every M steps (learning curves),
 and a run directory that shows progress.
 
     trainer = Trainer(model, data, TrainConfig(stage="finetune", max_steps=1000), "runs/a")
     result = trainer.train()           # resumes from runs/a/checkpoints when resume=True
+
+`strategy` says how several processes share the work. `ddp`: each holds the whole model and
+optimizer, gradients are all-reduced; checkpoints are ordinary model checkpoints plus the
+trainer's state (`training.state`). `fsdp`: parameters, gradients and optimizer state are sharded
+over the processes (`training.fsdp`); checkpoints are sharded (`training.sharded_checkpoints`),
+load into any number of processes, and `sphinx-pipeline consolidate` makes an ordinary one of
+them. One process trains alike with either (with `fsdp` it writes sharded checkpoints).
 
 The loss of a step is the mean over every label token of the global batch, however it is split
 into processes and micro-batches: each micro-batch's mean loss is weighted by its share of the
@@ -33,17 +40,24 @@ from torch import nn
 from sphinx_mllm.core.outputs import atomic_file
 from sphinx_mllm.pipeline.config import CONFIG, Number, PositiveInt, config_errors, field_problem
 from sphinx_mllm.pipeline.stages import STAGES, Stage, apply_stage, get_stage
+from sphinx_mllm.pipeline.training import fsdp
 from sphinx_mllm.pipeline.training.data import TrainingData
-from sphinx_mllm.pipeline.training.distributed import Distributed, no_sync
+from sphinx_mllm.pipeline.training.distributed import Distributed, gradient_sync
+from sphinx_mllm.pipeline.training.sharded_checkpoints import (
+    load_latest_sharded_checkpoint,
+    save_sharded_checkpoint,
+)
 from sphinx_mllm.pipeline.training.state import (
     TrainerState,
     list_checkpoints,
     load_latest_checkpoint,
     save_training_checkpoint,
 )
+from sphinx_mllm.pipeline.training.unused_parameters import needs_unused_parameter_search
 
 Precision = Literal["auto", "bf16", "fp32"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+Strategy = Literal["ddp", "fsdp"]
 METRICS_FILE = "metrics.jsonl"
 EVAL_CURVE_FILE = "eval_curve.jsonl"  # {"step", "seconds", "tasks": {task: {"score", ...}}}
 
@@ -71,7 +85,9 @@ class TrainConfig:
     `max_minutes` (0 = none) ends the run early, with a checkpoint, when time is up;
     `eval_every` (0 = never) scores the held-out data every so many steps, for learning curves
     (the time it takes does not count against `max_minutes`). A stage that is not one of
-    `STAGES` needs `trainable` patterns. Checked when made (a `ConfigError` names the field)."""
+    `STAGES` needs `trainable` patterns. `strategy` shares the work of several processes:
+    `ddp` (replicas) or `fsdp` (sharded, for models a replica does not fit; see the module
+    docstring). Checked when made (a `ConfigError` names the field)."""
 
     stage: StrictStr = "finetune"
     trainable: list[StrictStr] | None = None
@@ -89,6 +105,7 @@ class TrainConfig:
     )
     clip_grad_norm: NonNegative = 2.0  # 0 = no clipping
     precision: Precision = "auto"
+    strategy: Strategy = "ddp"
     gradient_checkpointing: StrictBool = False
     max_length: PositiveInt = 1024
     checkpoint_every: OffOrCount = 0
@@ -119,6 +136,30 @@ class TrainConfig:
         return stage
 
 
+def prepare_model(model: nn.Module, config: TrainConfig) -> list[str]:
+    """Make `model` ready for `config`'s stage: LoRA adapters when the stage has them, what
+    trains set by the stage, fp32 master weights for it; returns the names of what trains. A
+    model rebuilt to load a sharded checkpoint goes through the same, so the names match."""
+    stage = config.resolved_stage
+    if stage.lora_rank is not None:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=stage.lora_rank,
+            lora_alpha=config.lora_alpha,
+            target_modules=list(stage.lora_targets),
+            lora_dropout=0.0,
+        )
+        model.llm = get_peft_model(model.llm, lora)
+    trainable = apply_stage(model, stage)
+    if not trainable:
+        raise ValueError(f"Stage {stage.name!r} trains no parameter of this model")
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+    return trainable
+
+
 @dataclass
 class StepLog:
     """One optimisation step, as appended to metrics.jsonl."""
@@ -146,9 +187,10 @@ class TrainResult:
 class Trainer:
     """Trains a `SphinxModel` on `TrainingData` into the run directory `run_dir`.
 
-    `evaluate`, called on the main process with the model in eval mode every
-    `config.eval_every` steps, returns per-task held-out scores (`EvalReport.by_task()`); each
-    call is appended to `RUN/eval_curve.jsonl`."""
+    `evaluate`, called with the model in eval mode every `config.eval_every` steps, returns
+    per-task held-out scores (`EvalReport.by_task()`); each call is appended to
+    `RUN/eval_curve.jsonl`. It runs on the main process, or with a sharded model (`fsdp`) on
+    every process in step (each computes the same; the model's parts gather themselves)."""
 
     def __init__(
         self,
@@ -172,6 +214,8 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         self.on_step = on_step
         self.evaluate = evaluate
+        # one process has nothing to shard with: it trains the model as it is
+        self.sharded = config.strategy == "fsdp" and self.dist.enabled
         if config.global_batch_size % self.dist.world_size:
             raise ValueError(
                 f"global_batch_size {config.global_batch_size} is not divisible by the "
@@ -181,31 +225,14 @@ class Trainer:
     # -- set-up ----------------------------------------------------------------------------------
 
     def _prepare_model(self) -> list[str]:
-        stage = self.config.resolved_stage
-        if stage.lora_rank is not None:
-            self._add_lora(stage)
-        trainable = apply_stage(self.model, stage)
-        if not trainable:
-            raise ValueError(f"Stage {stage.name!r} trains no parameter of this model")
-        for parameter in self.model.parameters():
-            if parameter.requires_grad and parameter.dtype != torch.float32:
-                parameter.data = parameter.data.float()  # fp32 master weights for what trains
+        trainable = prepare_model(self.model, self.config)
         if self.config.gradient_checkpointing:
             llm = self.model.llm  # transformers >= 5.24 renamed gradient_* to activation_*
             enable = getattr(llm, "activation_checkpointing_enable", None)
             (enable or llm.gradient_checkpointing_enable)()
+        if self.sharded:  # before the optimizer: the parameters become sharded DTensors
+            fsdp.shard_model(self.model, self.dist.device, compute_dtype=self._compute_dtype())
         return trainable
-
-    def _add_lora(self, stage: Stage) -> None:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=stage.lora_rank,
-            lora_alpha=self.config.lora_alpha,
-            target_modules=list(stage.lora_targets),
-            lora_dropout=0.0,
-        )
-        self.model.llm = get_peft_model(self.model.llm, lora)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []
@@ -233,15 +260,18 @@ class Trainer:
             min_lr=self.config.min_lr,
         )
 
-    def _autocast(self):
+    def _compute_dtype(self) -> torch.dtype | None:
+        """bfloat16 for `bf16` (`auto`: where the GPU supports it; fp32 on the CPU)."""
         precision = self.config.precision
         device = self.dist.device
         if precision == "auto":
             supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
             precision = "bf16" if supported else "fp32"
-        if precision == "bf16":
-            return torch.autocast(device.type, dtype=torch.bfloat16)
-        return nullcontext()
+        return torch.bfloat16 if precision == "bf16" else None
+
+    def _autocast(self):
+        dtype = self._compute_dtype()
+        return nullcontext() if dtype is None else torch.autocast(self.dist.device.type, dtype)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -252,20 +282,13 @@ class Trainer:
         self._prepare_model()
         optimizer = self._optimizer()
         scheduler = self._scheduler(optimizer)
-        state = TrainerState()
-        if self.resume:
-            restored = load_latest_checkpoint(self.run_dir, self.model, optimizer, scheduler)
-            if restored is None:
-                raise FileNotFoundError(
-                    f"resume: {self.run_dir} holds no loadable checkpoint (checkpoints/step-*)"
-                )
-            state = restored
+        state = self._restore(optimizer, scheduler) if self.resume else TrainerState()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for name in (METRICS_FILE, EVAL_CURVE_FILE):
             self._truncate_log(name, state.step)
-        wrapped = self.dist.wrap(self.model)
-        wrapped.train()
         batches = self.data.batches(config.global_batch_size, seed=config.seed)
+        wrapped = self._wrap(batches)
+        wrapped.train()
         bar = self._progress_bar(state.step)
         history: list[StepLog] = []
         last_checkpoint = None
@@ -296,6 +319,32 @@ class Trainer:
         stopped = "time" if state.step < config.max_steps else "steps"
         return TrainResult(state.step, final_loss, history, last_checkpoint, stopped)
 
+    def _restore(self, optimizer, scheduler) -> TrainerState:
+        if self.config.strategy == "fsdp":
+            restored = load_latest_sharded_checkpoint(
+                self.run_dir,
+                self.model,
+                optimizer,
+                scheduler,
+                dist=self.dist,
+                seed=self.config.seed,
+            )
+        else:
+            restored = load_latest_checkpoint(self.run_dir, self.model, optimizer, scheduler)
+        if restored is None:
+            raise FileNotFoundError(
+                f"resume: {self.run_dir} holds no loadable checkpoint (checkpoints/step-*)"
+            )
+        return restored
+
+    def _wrap(self, batches) -> nn.Module:
+        """The model the steps run: sharded in place (`fsdp`), in DDP, or as it is."""
+        if self.sharded or not self.dist.enabled:
+            return self.model
+        data_types = {data_type for data_type, _ in batches.epoch(0)}
+        search = needs_unused_parameter_search(self.model, data_types)
+        return self.dist.wrap(self.model, find_unused_parameters=search)
+
     def _time_is_up(self, deadline: float) -> bool:
         """Whether `max_minutes` is spent; decided by all processes together, so that none
         stops a step before the others."""
@@ -304,15 +353,18 @@ class Trainer:
         return self.dist.sum(float(time.monotonic() >= deadline)) > 0
 
     def _score_held_out(self, model: nn.Module, step: int, bar) -> float:
-        """Score the held-out data (main process) and append it to the curve; returns the
-        seconds it took, which every process waited."""
+        """Score the held-out data (the main process; every process of a sharded model) and
+        append it to the curve; returns the seconds it took, which every process waited."""
         started = time.monotonic()
-        if self.evaluate is not None and self.dist.is_main:
+        if self.evaluate is not None and (self.dist.is_main or self.sharded):
             self.model.eval()
             try:
-                tasks = self.evaluate()
+                seed = self.config.seed + step
+                with fsdp.evaluating_in_step(self.model, seed) if self.sharded else nullcontext():
+                    tasks = self.evaluate()
             finally:
                 model.train()
+        if self.evaluate is not None and self.dist.is_main:
             seconds = time.monotonic() - started
             record = {"step": step, "seconds": round(seconds, 2), "tasks": tasks}
             with (self.run_dir / EVAL_CURVE_FILE).open("a") as out:
@@ -338,16 +390,18 @@ class Trainer:
         loss_sum = 0.0
         for index, chunk in enumerate(chunks):
             last = index == len(chunks) - 1
-            with no_sync(model, skip=not last), self._autocast():
-                output = model(
-                    chunk.input_ids.to(self.dist.device),
-                    _to(chunk.pixel_values, self.dist.device),
-                    chunk.attention_mask.to(self.dist.device),
-                    chunk.labels.to(self.dist.device),
-                    return_logits=False,
-                )
-            weight = chunk.num_label_tokens / max(total_labels, 1)
-            (output.loss * weight * self.dist.world_size).backward()
+            with gradient_sync(model, enabled=last):
+                with self._autocast():
+                    output = model(
+                        chunk.input_ids.to(self.dist.device),
+                        _to(chunk.pixel_values, self.dist.device),
+                        chunk.attention_mask.to(self.dist.device),
+                        chunk.labels.to(self.dist.device),
+                        return_logits=False,
+                    )
+                weight = chunk.num_label_tokens / max(total_labels, 1)
+                # DDP and FSDP average gradients over the processes: undo it, the weights sum
+                (output.loss * weight * self.dist.world_size).backward()
             loss_sum += float(output.loss.detach()) * weight
         loss = self.dist.sum(loss_sum)
         if not math.isfinite(loss):
@@ -359,11 +413,15 @@ class Trainer:
                 "learning rate or check the data)"
             )
         parameters = [p for p in self.model.parameters() if p.requires_grad]
+        # with sharded gradients (DTensors) the norm is the whole gradient's, a DTensor too
         norm = torch.nn.utils.clip_grad_norm_(parameters, self.config.clip_grad_norm or math.inf)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if self.sharded:
+            fsdp.broadcast_buffers(self.model)
         tokens = int(self.dist.sum(batch.num_tokens))
         seconds = time.perf_counter() - started
         return StepLog(
@@ -380,7 +438,26 @@ class Trainer:
 
     # -- what a run leaves behind ----------------------------------------------------------------
 
+    def trained_model(self) -> nn.Module | None:
+        """The trained model as an ordinary `SphinxModel` on the main process (None on the
+        others). A sharded model is gathered into a copy built on the CPU, so every process
+        must call this; the sharded one is of no use afterwards."""
+        if not self.sharded:
+            return self.model if self.dist.is_main else None
+        return fsdp.gathered_copy(self.model, lambda copy: prepare_model(copy, self.config))
+
     def _checkpoint(self, optimizer, scheduler, state: TrainerState) -> Path | None:
+        if self.config.strategy == "fsdp":
+            return save_sharded_checkpoint(
+                self.run_dir,
+                self.model,
+                optimizer,
+                scheduler,
+                state,
+                train_config=asdict(self.config),
+                dist=self.dist,
+                keep_last=self.config.keep_last,
+            )
         path = None
         if self.dist.is_main:
             path = save_training_checkpoint(
