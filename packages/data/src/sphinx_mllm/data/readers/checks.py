@@ -146,6 +146,19 @@ def box(
 
 def image_name(name: Any, allow_outside: bool) -> str:
     """A relative image path that stays under the image root (see `image_paths`)."""
+    # The plain case first, decided from the characters alone: without '..', ':' (a drive), a
+    # NUL or a leading separator no name can leave its root or be absolute, so `image_paths`
+    # would accept it too. Parsing the name as a POSIX and a Windows path took a quarter of the
+    # time of indexing a 200,000-record LLaVA file.
+    if (
+        type(name) is str
+        and ".." not in name
+        and ":" not in name
+        and "\0" not in name
+        and not name.startswith(("/", "\\"))
+        and name.strip()
+    ):
+        return name
     try:
         return check_image_name(name, allow_outside=allow_outside)
     except ImagePathError as error:

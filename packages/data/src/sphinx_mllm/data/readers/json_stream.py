@@ -39,9 +39,9 @@ class AnnotationFormatError(ValueError):
 class _Reader:
     """A window over a UTF-8 text file, decoding one JSON value at a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, newline: str | None = None) -> None:
         self.path = path
-        self.file = path.open("r", encoding="utf-8")
+        self.file = path.open("r", encoding="utf-8", newline=newline)
         self.text = ""
         self.position = 0
         self.offset = 0  # characters of the file before the window
