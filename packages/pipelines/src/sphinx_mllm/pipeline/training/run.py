@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import AfterValidator, BeforeValidator, PlainValidator, StrictInt, with_config
+from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator, StrictInt, with_config
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 from typing_extensions import NotRequired, TypedDict
@@ -183,6 +183,11 @@ class RunConfig:
     # a record that cannot be used (malformed, missing or unreadable image): stop at the first
     # ("raise") or drop each and count it by reason in the data summary ("skip")
     on_error: OnError = "raise"
+    # "memory": every record rendered and checked before training (TrainingData); "streamed":
+    # records indexed, then read, rendered and decoded by `data_workers` DataLoader workers per
+    # process while training (StreamedData), for data sets too large for memory
+    data_loading: Literal["memory", "streamed"] = "memory"
+    data_workers: Annotated[StrictInt, Field(ge=0)] = 2
     # where the main process logs steps and held-out scores besides metrics.jsonl
     trackers: list[Tracker] = field(default_factory=lambda: ["tensorboard"])
 
@@ -224,6 +229,8 @@ class RunConfig:
             "curve_limit": self.curve_limit,
             "synthetic": self.synthetic,
             "on_error": self.on_error,
+            "data_loading": self.data_loading,
+            "data_workers": self.data_workers,
             "trackers": list(self.trackers),
         } | {  # absent rather than None, so that `--set grounding.steps=...` can create it
             key: dict(value)

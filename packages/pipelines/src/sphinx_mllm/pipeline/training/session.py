@@ -35,6 +35,7 @@ from sphinx_mllm.pipeline.training.run import (
     synthetic_sources,
 )
 from sphinx_mllm.pipeline.training.state import list_checkpoints
+from sphinx_mllm.pipeline.training.streaming import StreamedData
 from sphinx_mllm.pipeline.training.tracking import TENSORBOARD_DIR, WANDB_ID_FILE, RunTracking
 from sphinx_mllm.pipeline.training.trainer import (
     EVAL_CURVE_FILE,
@@ -160,9 +161,18 @@ def run_training(
     config = resolve_config(run.model)
     model = build_model(config, device=dist.device)
     # every record and image is read before anything is written into the run directory
-    training_data = TrainingData.build(
-        model.processor, run.data, max_length=run.train.max_length, on_error=run.on_error
-    )
+    if run.data_loading == "streamed":  # indexed now, rendered and decoded while training
+        training_data = StreamedData.build(
+            model.processor,
+            run.data,
+            max_length=run.train.max_length,
+            on_error=run.on_error,
+            num_workers=run.data_workers,
+        )
+    else:
+        training_data = TrainingData.build(
+            model.processor, run.data, max_length=run.train.max_length, on_error=run.on_error
+        )
     if run.eval:
         from sphinx_mllm.pipeline.evaluation import records_to_score
 

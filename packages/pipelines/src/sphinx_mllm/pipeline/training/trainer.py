@@ -25,7 +25,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +41,7 @@ from sphinx_mllm.core.outputs import atomic_file
 from sphinx_mllm.pipeline.config import CONFIG, Number, PositiveInt, config_errors, field_problem
 from sphinx_mllm.pipeline.stages import STAGES, Stage, apply_stage, get_stage
 from sphinx_mllm.pipeline.training import fsdp
-from sphinx_mllm.pipeline.training.data import TrainingData
+from sphinx_mllm.pipeline.training.data import Batch, TrainingData
 from sphinx_mllm.pipeline.training.distributed import Distributed, gradient_sync
 from sphinx_mllm.pipeline.training.sharded_checkpoints import (
     load_latest_sharded_checkpoint,
@@ -53,6 +53,7 @@ from sphinx_mllm.pipeline.training.state import (
     load_latest_checkpoint,
     save_training_checkpoint,
 )
+from sphinx_mllm.pipeline.training.streaming import StreamedData
 from sphinx_mllm.pipeline.training.unused_parameters import needs_unused_parameter_search
 
 Precision = Literal["auto", "bf16", "fp32"]
@@ -184,6 +185,18 @@ class TrainResult:
     stopped_by: str = "steps"
 
 
+@dataclass(frozen=True)
+class RankShare:
+    """This process's share of a global batch (collated), the global batch's label tokens and
+    rows, where the data stands after it, and its epoch."""
+
+    batch: Batch
+    label_tokens: int
+    global_rows: int
+    next_position: tuple[int, int]
+    epoch: int
+
+
 class Trainer:
     """Trains a `SphinxModel` on `TrainingData` into the run directory `run_dir`.
 
@@ -195,7 +208,7 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        data: TrainingData,
+        data: TrainingData | StreamedData,
         config: TrainConfig,
         run_dir: str | Path,
         *,
@@ -293,16 +306,13 @@ class Trainer:
         history: list[StepLog] = []
         last_checkpoint = None
         deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes else math.inf
+        shares = self._shares(batches, state)
         try:
             while state.step < config.max_steps and not self._time_is_up(deadline):
-                epoch = batches.epoch(state.epoch)
-                if state.batch_in_epoch >= len(epoch):
-                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-                    continue
-                _, items = epoch[state.batch_in_epoch]
-                log = self._step(wrapped, optimizer, scheduler, items, state)
+                share = next(shares)
+                log = self._step(wrapped, optimizer, scheduler, share, state)
                 state.step += 1
-                state.batch_in_epoch += 1
+                state.epoch, state.batch_in_epoch = share.next_position
                 state.tokens_seen += log.tokens
                 history.append(log)
                 self._record(log, bar)
@@ -313,6 +323,7 @@ class Trainer:
             if config.checkpoint_every and state.step % config.checkpoint_every:
                 last_checkpoint = self._checkpoint(optimizer, scheduler, state)
         finally:
+            shares.close()  # stops a streamed loader's workers
             if bar is not None:
                 bar.close()
         final_loss = history[-1].loss if history else float("nan")
@@ -378,18 +389,59 @@ class Trainer:
         self.dist.barrier()
         return time.monotonic() - started
 
-    def _step(self, model, optimizer, scheduler, items, state: TrainerState) -> StepLog:
+    def _shares(self, batches, state: TrainerState) -> Iterator[RankShare]:
+        """This process's share of each global batch from the saved position on, with the
+        global batch's label-token count: from the `StreamedData` loader's workers, or from
+        `TrainingData` in memory (equal shares; a remainder that does not divide is left out)."""
+        config, dist = self.config, self.dist
+        if isinstance(self.data, StreamedData):
+            loader = self.data.loader(
+                config.global_batch_size,
+                seed=config.seed,
+                rank=dist.rank,
+                world_size=dist.world_size,
+                start=(state.epoch, state.batch_in_epoch),
+            )
+            with loader:
+                for local in loader:
+                    total = int(dist.sum(local.label_tokens))
+                    items = int(dist.sum(len(local.batch.tasks)))
+                    yield RankShare(local.batch, total, items, local.next_position, local.epoch)
+            return
+        epoch, index = state.epoch, state.batch_in_epoch
+        while True:
+            order = batches.epoch(epoch)
+            if not order:
+                raise ValueError(f"epoch {epoch} of the training data holds no batch")
+            if index >= len(order):
+                epoch, index = epoch + 1, 0
+                continue
+            _, items = order[index]
+            index += 1
+            size = len(items) // dist.world_size
+            if size == 0:  # fewer samples than processes: every process passes it by
+                continue
+            total = sum(self.data.example(name, item).num_label_tokens for name, item in items)
+            mine = items[dist.rank * size : (dist.rank + 1) * size]
+            batch = self.data.collate(mine)
+            yield RankShare(batch, total, size * dist.world_size, (epoch, index), epoch)
+
+    def _step(self, model, optimizer, scheduler, share: RankShare, state: TrainerState) -> StepLog:
         started = time.perf_counter()
-        examples = [self.data.example(name, item) for name, item in items]
-        total_labels = sum(example.num_label_tokens for example in examples)
-        share = len(items) // self.dist.world_size
-        mine = items[self.dist.rank * share : (self.dist.rank + 1) * share]
-        batch = self.data.collate(mine)
-        micro = self.config.micro_batch_size or len(mine)
-        chunks = batch.split(-(-len(mine) // micro))
+        batch, total_labels = share.batch, share.label_tokens
+        rows = len(batch.tasks)
+        micro = self.config.micro_batch_size or rows
+        # every process runs as many micro-batches as the largest share needs, so that their
+        # collectives (FSDP's gathers, DDP's final reduction) stay in step; a process with a
+        # shorter share runs its first micro-batch again with weight 0 to make up the count
+        largest = -(-share.global_rows // self.dist.world_size)
+        count = max(1, -(-largest // micro))
+        chunks = batch.split(min(count, rows))
+        chunks += [chunks[0]] * (count - len(chunks))
         loss_sum = 0.0
         for index, chunk in enumerate(chunks):
             last = index == len(chunks) - 1
+            padding = index >= min(count, rows)
             with gradient_sync(model, enabled=last):
                 with self._autocast():
                     output = model(
@@ -399,7 +451,7 @@ class Trainer:
                         chunk.labels.to(self.dist.device),
                         return_logits=False,
                     )
-                weight = chunk.num_label_tokens / max(total_labels, 1)
+                weight = 0.0 if padding else chunk.num_label_tokens / max(total_labels, 1)
                 # DDP and FSDP average gradients over the processes: undo it, the weights sum
                 (output.loss * weight * self.dist.world_size).backward()
             loss_sum += float(output.loss.detach()) * weight
@@ -433,7 +485,7 @@ class Trainer:
             tokens=tokens,
             tokens_per_second=tokens / seconds,
             seconds=seconds,
-            epoch=state.epoch,
+            epoch=share.epoch,
         )
 
     # -- what a run leaves behind ----------------------------------------------------------------
