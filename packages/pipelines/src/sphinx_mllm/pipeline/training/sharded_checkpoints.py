@@ -57,7 +57,7 @@ from sphinx_mllm.pipeline.training.state import (
     TRAINER_DIR,
     TrainerState,
     checkpoint_dir,
-    list_checkpoints,
+    newest_loadable,
     prune_checkpoints,
     torch_rng,
 )
@@ -173,26 +173,18 @@ def load_latest_sharded_checkpoint(
     seed: int,
 ) -> TrainerState | None:
     """Restore the newest complete sharded checkpoint of `run` (every process calls this); an
-    incomplete one is skipped with a warning. None when the run has no checkpoint."""
-    failures = []
-    for directory in reversed(list_checkpoints(run)):
-        try:
-            check_complete(directory)  # the same answer on every process: one file system
-        except CheckpointError as error:
-            failures.append(f"{directory.name}: {error}")
-            warnings.warn(
-                f"Checkpoint {directory} cannot be loaded ({error}); falling back to the one "
-                "before it",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            continue
-        return _restore(directory, model, optimizer, scheduler, dist=dist, seed=seed)
-    if failures:
-        raise CheckpointError(
-            f"No checkpoint of {run} could be loaded:\n  " + "\n  ".join(failures)
-        )
-    return None
+    incomplete one is skipped with a warning. None when the run has no checkpoint. Only
+    completeness falls back: the same answer on every process (one file system), whereas a
+    failure while restoring could strike one process and leave the others waiting."""
+
+    def complete(directory: Path) -> Path:
+        check_complete(directory)
+        return directory
+
+    directory = newest_loadable(run, complete, (CheckpointError,))
+    if directory is None:
+        return None
+    return _restore(directory, model, optimizer, scheduler, dist=dist, seed=seed)
 
 
 def _restore(directory: Path, model, optimizer, scheduler, *, dist, seed) -> TrainerState:

@@ -21,9 +21,10 @@ import random
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -33,6 +34,7 @@ from sphinx_mllm.core.weight_files import CheckpointError
 from sphinx_mllm.pipeline.checkpoint import WRITER as CHECKPOINT_WRITER
 from sphinx_mllm.pipeline.checkpoint import load_weights, save_pretrained
 
+T = TypeVar("T")
 TRAINER_DIR = "trainer"
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
@@ -109,17 +111,30 @@ def load_latest_checkpoint(
 ) -> TrainerState | None:
     """Restore the newest loadable checkpoint of `run` into the given objects; a corrupt one is
     skipped with a warning. None when the run has no checkpoint."""
+    return newest_loadable(
+        run,
+        lambda directory: _restore(directory, model, optimizer, scheduler),
+        (CheckpointError, OSError, ValueError, KeyError, RuntimeError),
+    )
+
+
+def newest_loadable(
+    run: Path, load: Callable[[Path], T], errors: tuple[type[BaseException], ...]
+) -> T | None:
+    """`load(directory)` of the newest checkpoint of `run` it succeeds on: a checkpoint whose
+    load raises one of `errors` is skipped with a warning for the one before it; an error
+    naming every failure when none loads; None when the run has no checkpoint."""
     failures = []
     for directory in reversed(list_checkpoints(run)):
         try:
-            return _restore(directory, model, optimizer, scheduler)
-        except (CheckpointError, OSError, ValueError, KeyError, RuntimeError) as error:
+            return load(directory)
+        except errors as error:
             failures.append(f"{directory.name}: {error}")
             warnings.warn(
                 f"Checkpoint {directory} cannot be loaded ({error}); falling back to the one "
                 "before it",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
     if failures:
         raise CheckpointError(
