@@ -145,3 +145,38 @@ def test_a_session_leaves_curves_scores_and_figures(synthetic, tmp_path, capsys)
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").open()]
     assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(losses, rel=1e-6)
     assert [e.step for e in events.Scalars("eval/rec")] == [2, 4]
+
+
+def test_a_run_fine_tunes_the_weights_of_a_checkpoint(synthetic, tmp_path):
+    """`model: <checkpoint directory>` (an imported release, an earlier run's model) starts the
+    run from its weights, not from a fresh build of its config."""
+    import torch
+
+    from sphinx_mllm.pipeline import SphinxModel, build_model
+    from sphinx_mllm.pipeline.training.session import run_training
+
+    torch.manual_seed(7)
+    start = build_model("demo", **{"llm.overrides.num_hidden_layers": 2})
+    start.save_pretrained(tmp_path / "start")
+    config = tmp_path / "run.yaml"
+    vqa = {"path": str(synthetic / "tasks/train/vqa.jsonl"), "images": str(synthetic)}
+    config.write_text(
+        json.dumps(
+            {
+                "model": str(tmp_path / "start"),
+                "data": [vqa],
+                "train": {"stage": "full", "max_steps": 1, "global_batch_size": 2, "lr": 1e-9,
+                          "max_length": 256},
+                "trackers": [],
+            }
+        )
+    )  # fmt: skip
+    run_training(
+        config_file=config, preset=None, data=[], images=[], eval_data=[], out=tmp_path / "run",
+        max_steps=None, settings=[], resume=False, device="cpu", progress=False,
+    )  # fmt: skip
+    tuned = SphinxModel.from_pretrained(tmp_path / "run" / "model").state_dict()
+    fresh = build_model(start.model_config).state_dict()
+    name = "llm.model.layers.0.self_attn.q_proj.weight"
+    assert (tuned[name] - start.state_dict()[name]).abs().max() < 1e-6
+    assert (fresh[name] - start.state_dict()[name]).abs().max() > 1e-2

@@ -168,7 +168,9 @@ class RunConfig:
     """Everything a training run needs, typed and checked when made or read: a `ConfigError`
     names every problem by its field path (`train.max_steps: expected an integer, got 'ten'`)."""
 
-    model: ModelSpec = "demo"  # a preset, a config YAML path, or a whole ModelConfig (mapping)
+    # a preset, a config YAML path or a whole ModelConfig (mapping), built as it says; or a
+    # checkpoint directory, whose weights the run fine-tunes (e.g. an imported SPHINX release)
+    model: ModelSpec = "demo"
     data: Sources = field(default_factory=list)
     eval: Sources = field(default_factory=list)
     train: Annotated[TrainConfig, BeforeValidator(_none_is_empty)] = field(

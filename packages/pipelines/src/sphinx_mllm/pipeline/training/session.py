@@ -142,6 +142,7 @@ def run_training(
     """Carry out a whole training session; returns the evaluation summary (empty without
     held-out data)."""
     from sphinx_mllm.pipeline.building import build_model, resolve_config
+    from sphinx_mllm.pipeline.model import SphinxModel
 
     run = resolve_run(config_file, preset, data, images, eval_data, max_steps, settings)
     check_run_directory(out, resume=resume, restart=restart)
@@ -158,8 +159,13 @@ def run_training(
         run.data, run.eval = train_sources, run.eval or held_out
     grounding = grounding_config(run, out)
     torch.manual_seed(run.train.seed)
-    config = resolve_config(run.model)
-    model = build_model(config, device=dist.device)
+    if isinstance(run.model, str) and Path(run.model).expanduser().is_dir():
+        # a checkpoint (an imported release, an earlier run's model): fine-tune its weights
+        model = SphinxModel.from_pretrained(Path(run.model).expanduser(), device=dist.device)
+        config = model.model_config
+    else:
+        config = resolve_config(run.model)
+        model = build_model(config, device=dist.device)
     # every record and image is read before anything is written into the run directory
     if run.data_loading == "streamed":  # indexed now, rendered and decoded while training
         training_data = StreamedData.build(
