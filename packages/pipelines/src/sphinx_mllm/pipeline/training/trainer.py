@@ -25,7 +25,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,8 +41,9 @@ from sphinx_mllm.core.outputs import atomic_file
 from sphinx_mllm.pipeline.config import CONFIG, Number, PositiveInt, config_errors, field_problem
 from sphinx_mllm.pipeline.stages import STAGES, Stage, apply_stage, get_stage
 from sphinx_mllm.pipeline.training import fsdp
-from sphinx_mllm.pipeline.training.data import Batch, TrainingData
+from sphinx_mllm.pipeline.training.data import TrainingData
 from sphinx_mllm.pipeline.training.distributed import Distributed, gradient_sync
+from sphinx_mllm.pipeline.training.rank_shares import RankShare, rank_shares
 from sphinx_mllm.pipeline.training.sharded_checkpoints import (
     load_latest_sharded_checkpoint,
     save_sharded_checkpoint,
@@ -185,18 +186,6 @@ class TrainResult:
     stopped_by: str = "steps"
 
 
-@dataclass(frozen=True)
-class RankShare:
-    """This process's share of a global batch (collated), the global batch's label tokens and
-    rows, where the data stands after it, and its epoch."""
-
-    batch: Batch
-    label_tokens: int
-    global_rows: int
-    next_position: tuple[int, int]
-    epoch: int
-
-
 class Trainer:
     """Trains a `SphinxModel` on `TrainingData` into the run directory `run_dir`.
 
@@ -306,7 +295,14 @@ class Trainer:
         history: list[StepLog] = []
         last_checkpoint = None
         deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes else math.inf
-        shares = self._shares(batches, state)
+        shares = rank_shares(
+            self.data,
+            batches,
+            global_batch_size=config.global_batch_size,
+            seed=config.seed,
+            dist=self.dist,
+            start=(state.epoch, state.batch_in_epoch),
+        )
         try:
             while state.step < config.max_steps and not self._time_is_up(deadline):
                 share = next(shares)
@@ -388,43 +384,6 @@ class Trainer:
                 print(message, flush=True)
         self.dist.barrier()
         return time.monotonic() - started
-
-    def _shares(self, batches, state: TrainerState) -> Iterator[RankShare]:
-        """This process's share of each global batch from the saved position on, with the
-        global batch's label-token count: from the `StreamedData` loader's workers, or from
-        `TrainingData` in memory (equal shares; a remainder that does not divide is left out)."""
-        config, dist = self.config, self.dist
-        if isinstance(self.data, StreamedData):
-            loader = self.data.loader(
-                config.global_batch_size,
-                seed=config.seed,
-                rank=dist.rank,
-                world_size=dist.world_size,
-                start=(state.epoch, state.batch_in_epoch),
-            )
-            with loader:
-                for local in loader:
-                    total = int(dist.sum(local.label_tokens))
-                    items = int(dist.sum(len(local.batch.tasks)))
-                    yield RankShare(local.batch, total, items, local.next_position, local.epoch)
-            return
-        epoch, index = state.epoch, state.batch_in_epoch
-        while True:
-            order = batches.epoch(epoch)
-            if not order:
-                raise ValueError(f"epoch {epoch} of the training data holds no batch")
-            if index >= len(order):
-                epoch, index = epoch + 1, 0
-                continue
-            _, items = order[index]
-            index += 1
-            size = len(items) // dist.world_size
-            if size == 0:  # fewer samples than processes: every process passes it by
-                continue
-            total = sum(self.data.example(name, item).num_label_tokens for name, item in items)
-            mine = items[dist.rank * size : (dist.rank + 1) * size]
-            batch = self.data.collate(mine)
-            yield RankShare(batch, total, size * dist.world_size, (epoch, index), epoch)
 
     def _step(self, model, optimizer, scheduler, share: RankShare, state: TrainerState) -> StepLog:
         started = time.perf_counter()
