@@ -150,6 +150,19 @@ def test_paraphrase_pools_are_deterministic_per_sample():
             None,
             "without an image",
         ),
+        (
+            [{"from": "human", "value": "<image>\nand?"}, {"from": "gpt", "value": "x"}],
+            ["a.jpg", "b.jpg"],
+            "not one image placeholder per image",
+        ),
+        (
+            [
+                {"from": "human", "value": "<image>\nand?"},
+                {"from": "gpt", "value": "<image>"},
+            ],
+            ["a.jpg", "b.jpg"],
+            "not one image placeholder per image, in human turns",
+        ),
     ],
 )
 def test_invalid_samples_are_named_or_counted(conversations, image, reason):
@@ -161,6 +174,26 @@ def test_invalid_samples_are_named_or_counted(conversations, image, reason):
         list(builder.build([record]))
     skipping = get_task_builder("conversation")(on_error="skip")
     assert list(skipping.build([record])) == [] and sum(skipping.stats.dropped.values()) == 1
+
+
+def test_multi_image_conversations_pass_through_with_their_image_lists():
+    turns = [
+        {"from": "human", "value": "<image>\nThis one,"},
+        {"from": "gpt", "value": "a circle"},
+        {"from": "human", "value": "and <image>\nthis one?"},
+        {"from": "gpt", "value": "a square"},
+    ]
+    records = [
+        {"id": "two", "image": ["a.jpg", "b.jpg"], "conversations": turns},
+        {"id": "one", "image": ["a.jpg"], "conversations": turns[:2]},
+    ]
+    builder = get_task_builder("conversation")()
+    built = [sample.to_record() for sample in builder.build(records)]
+    assert [(r["id"], r["image"], r["conversations"]) for r in built] == [
+        ("two", ["a.jpg", "b.jpg"], turns),
+        ("one", ["a.jpg"], turns[:2]),
+    ]
+    assert builder.stats.written == 2 and not builder.stats.dropped
 
 
 def test_build_command_from_a_coco_file(tmp_path, capsys):

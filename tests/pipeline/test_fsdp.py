@@ -1,6 +1,7 @@
 """FSDP2 training on two gloo processes: the same steps as one process with half the parameters
 per process, sharded checkpoints that resume exactly after SIGKILL and on another number of
-processes, ignored when incomplete, and `consolidate` into an ordinary checkpoint with the
+processes (a streamed-data run killed under torchrun resumes in one process), ignored when
+incomplete, and `consolidate` into an ordinary checkpoint with the
 trained model's logits. Also: the `strategy` setting, and when DDP must search for parameters
 a step leaves without a gradient.
 
@@ -9,6 +10,7 @@ trains with the `Trainer` and saves its losses and the logits of the trained (st
 model on one batch.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -216,36 +218,85 @@ def test_consolidate_refuses_what_it_cannot_read_or_did_not_write(reference, tmp
     assert not (tmp_path / "out").exists()
 
 
-def test_a_run_killed_with_sigkill_resumes_with_the_same_losses(run_yaml, reference, tmp_path):
-    sharded = reference[1]["losses"]
+def test_a_streamed_fsdp_run_killed_with_sigkill_resumes_in_one_process(run_yaml, tmp_path):
+    """The issue's whole path: `torchrun ... train run.yaml` with FSDP on streamed data,
+    SIGKILL mid-run, then `train --resume` in one process: the losses of an uninterrupted
+    streamed run."""
     run = tmp_path / "run"
+    streamed = ["--set", "data_loading=streamed", "--set", "data_workers=1"]
 
-    def train(*options: str) -> list[str]:
-        return [*_torchrun(), "-m", "sphinx_mllm.pipeline", "train", str(run_yaml), "--out",
-                str(run), "--no-progress", "--device", "cpu", *options]  # fmt: skip
+    def train(launcher: list[str], *options: str, out: Path = run) -> list[str]:
+        return [*launcher, "-m", "sphinx_mllm.pipeline", "train", str(run_yaml), "--out",
+                str(out), "--no-progress", "--device", "cpu", *streamed, *options]  # fmt: skip
+
+    whole = tmp_path / "uninterrupted"
+    done = subprocess.run(train([sys.executable], out=whole), cwd=ROOT, env=_env())
+    assert done.returncode == 0
+    expected = [json.loads(line)["loss"] for line in (whole / "metrics.jsonl").open()]
+    assert len(expected) == STEPS
 
     killed = subprocess.Popen(
-        train(), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,  # torchrun and its workers, killed together
+        train(_torchrun()), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )  # fmt: skip
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and killed.poll() is None:
-        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
-            break  # the checkpoint of step 2 is written before step 3 starts
-        time.sleep(0.02)
-    os.killpg(killed.pid, signal.SIGKILL)
+        if (run / "checkpoints").is_dir() and list_checkpoints(run):
+            break  # step 2's checkpoint is complete: kill while step 3 runs
+        time.sleep(0.01)
+    assert killed.poll() is None, "the run ended before it could be killed"
+    _kill_tree(killed.pid)
     killed.wait(timeout=30)
     saved = list_checkpoints(run)
     assert saved and saved[-1].name == "step-000002"
     resumed = subprocess.run(
-        train("--resume"), cwd=ROOT, env=_env(), capture_output=True, text=True
-    )
+        train([sys.executable], "--resume"), cwd=ROOT, env=_env(), capture_output=True,
+        text=True,
+    )  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Warning" not in resumed.stderr, resumed.stderr
     losses = [json.loads(line)["loss"] for line in metrics.read_text().splitlines()]
-    assert losses == sharded
-    assert (run / "model" / "model.safetensors").is_file()  # gathered from the shards
+    torch.testing.assert_close(losses, expected, rtol=1e-4, atol=1e-5)
+    state = json.loads((run / "checkpoints/step-000004/trainer/state.json").read_text())
+    assert state["world_size"] == 1
+    assert (run / "model" / "model.safetensors").is_file()
+
+
+def _kill_tree(root: int) -> None:
+    """SIGKILL a process and all its descendants at one instant. torchrun starts each worker in
+    a session of its own, so killing torchrun's group or session would leave them training;
+    every member is stopped first (a stopped process cannot fork), then all are killed."""
+    stopped: set[int] = set()
+    while True:
+        tree = _descendants(root) | {root}
+        if tree <= stopped:
+            break
+        for pid in tree - stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        stopped |= tree
+    for pid in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def _worker(config_file: str, out: str) -> None:

@@ -371,3 +371,32 @@ def test_evaluation_limits_replies_by_the_models_task_limits(model, tmp_path, mo
     calls.clear()  # a model without task limits: one batch under the reference-length rule
     evaluation.evaluate(model, [DataSource.parse(str(data))], extra_tokens=2)
     assert calls == [(5, longest + 2)]
+
+
+def test_evaluation_gives_a_multi_image_record_all_its_images(model, tmp_path):
+    import json
+
+    from sphinx_mllm.pipeline import evaluation
+    from sphinx_mllm.pipeline.training.data import DataSource
+
+    for name, image in zip(("a.png", "b.png"), IMAGES[:2], strict=True):
+        image.save(tmp_path / name)
+    question = [{"from": "human", "value": "<image>\nand <image>\nThe same?"}]
+    records = [
+        {
+            "id": "pair",
+            "image": ["a.png", "b.png"],
+            "conversations": [*question, {"from": "gpt", "value": "no"}],
+            "meta": {"task": "vqa", "answers": ["no"]},
+        }
+    ]
+    data = tmp_path / "val.jsonl"
+    data.write_text(json.dumps(records[0]) + "\n")
+    report = evaluation.evaluate(model, [DataSource.parse(str(data))], extra_tokens=2)
+    [prediction] = report.predictions
+    assert prediction.images == [tmp_path / "a.png", tmp_path / "b.png"]
+    assert report.to_dict()["predictions"][0]["images"] == [str(p) for p in prediction.images]
+    inputs = model.processor([question], [[IMAGES[0], IMAGES[1]]], generation=True)
+    max_new = len(model.processor.tokenizer("no")["input_ids"]) + 2
+    expected = generate(model, **inputs, max_new_tokens=max_new).texts[0].strip()
+    assert prediction.prediction == expected

@@ -32,7 +32,7 @@ import torch
 
 from sphinx_mllm.data.metrics import TASK_METRICS, TaskMetric, make_metric, metric_for_task
 from sphinx_mllm.data.readers import Problems
-from sphinx_mllm.data.readers.llava import read_llava
+from sphinx_mllm.data.readers.llava import llava_images, read_llava
 from sphinx_mllm.pipeline.config import GenerationDefaults
 from sphinx_mllm.pipeline.generation import generate
 from sphinx_mllm.pipeline.images import open_image
@@ -56,7 +56,7 @@ class Prediction:
     reference: str
     prediction: str
     score: float | None = None
-    image: Path | None = None
+    images: list[Path] = field(default_factory=list)  # the record's images, in order
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -85,7 +85,9 @@ class EvalReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "tasks": self.by_task(),
-            "predictions": [p.__dict__ | {"image": str(p.image)} for p in self.predictions],
+            "predictions": [
+                p.__dict__ | {"images": [str(path) for path in p.images]} for p in self.predictions
+            ],
         }
 
 
@@ -219,17 +221,16 @@ def _predict(model: SphinxModel, chunk, metric: str, max_new_tokens: int) -> lis
     conversations, images, references, paths = [], [], [], []
     for source, record in chunk:
         turns = record["conversations"]
-        image = record.get("image")
-        path = source.image_path(image) if image else None
+        record_paths = [source.image_path(name) for name in llava_images(record)]
         conversations.append(turns[:-1])
-        images.append([] if path is None else [open_image(path)])
+        images.append([open_image(path) for path in record_paths])
         references.append(turns[-1]["value"])
-        paths.append(path)
+        paths.append(record_paths)
     inputs = model.processor(conversations, images, generation=True).to(model.device)
     with torch.no_grad():
         output = generate(model, **inputs, max_new_tokens=max_new_tokens)
     results = []
-    for (source, record), text, reference, image in zip(
+    for (source, record), text, reference, record_paths in zip(
         chunk, output.texts, references, paths, strict=True
     ):
         question = next(
@@ -244,7 +245,7 @@ def _predict(model: SphinxModel, chunk, metric: str, max_new_tokens: int) -> lis
                 question=question,
                 reference=reference,
                 prediction=text.strip(),
-                image=image,
+                images=record_paths,
             )
         )
     return results

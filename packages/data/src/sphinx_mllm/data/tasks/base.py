@@ -3,8 +3,9 @@ plus `meta`), instructions (SPHINX's by default, optional paraphrase pools chose
 deterministically), validation of every record, and counts of what was built and dropped.
 
 A builder turns reader output into samples. It validates each one (one `<image>` placeholder,
-in the first human turn, when there is an image; at least one assistant turn; every box or
-point in the text inside [0, 1]) and caps the boxes of a sample, counting what it drops.
+in the first human turn, when there is an image; one per image, in human turns, for a
+multi-image record; at least one assistant turn; every box or point in the text inside [0, 1])
+and caps the boxes of a sample, counting what it drops.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ IMAGE_TOKEN = "<image>"
 
 @dataclass
 class Sample:
-    """One training record in the LLaVA format, with metadata (task, source, image size)."""
+    """One training record in the LLaVA format, with metadata (task, source, image size).
+    `image` is one file name, or a list of them for a multi-image record (LLaVA's format)."""
 
     id: str
-    image: str | None
+    image: str | list[str] | None
     conversations: list[dict[str, str]]
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -137,7 +139,15 @@ def validate(sample: Sample) -> str | None:
         return "no assistant turn"
     placeholders = [turn["value"].count(IMAGE_TOKEN) for turn in turns]
     total = sum(placeholders)
-    if sample.image is not None:
+    if isinstance(sample.image, list):
+        in_replies = any(
+            count
+            for turn, count in zip(turns, placeholders, strict=True)
+            if turn.get("from") != "human"
+        )
+        if total != len(sample.image) or in_replies:
+            return "not one image placeholder per image, in human turns"
+    elif sample.image is not None:
         if total != 1 or placeholders[0] != 1:
             return "the image placeholder is not exactly once, in the first human turn"
     elif total:

@@ -109,7 +109,7 @@ def box_gallery(predictions: Sequence[Any], out: Path, *, columns: int = 4, scal
 
     tiles = []
     for prediction in predictions:
-        with Image.open(prediction.image) as opened:
+        with Image.open(prediction.images[0]) as opened:
             image = opened.convert("RGB")
         size = image.size
         image = image.resize((size[0] * scale, size[1] * scale), Image.NEAREST)

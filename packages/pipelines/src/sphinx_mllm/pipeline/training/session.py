@@ -359,7 +359,7 @@ def _evaluate(model: Any, run: RunConfig, out: Path, say) -> dict[str, Any]:
     report = evaluate(model, run.eval, limit=run.eval_limit)
     say(f"held-out evaluation ({time.perf_counter() - started:.0f} s):\n{report.table()}")
     (out / "eval.json").write_text(json.dumps(report.to_dict(), indent=1))
-    boxes = [p for p in report.predictions if p.metric == "rec" and p.image is not None]
+    boxes = [p for p in report.predictions if p.metric == "rec" and len(p.images) == 1]
     if boxes:
         gallery = box_gallery(boxes[:GALLERY_SIZE], out / "eval_boxes.png")
         say(f"figures: {gallery}")
