@@ -158,6 +158,34 @@ def test_describe_works_for_every_preset():
         )
 
 
+def test_max_steps_shortens_every_phase_of_the_demo_in_proportion():
+    from sphinx_mllm.pipeline.training.run import demo_run_config
+    from sphinx_mllm.pipeline.training.session import resolve_run
+
+    full = demo_run_config()
+    notes: list[str] = []
+    quick = resolve_run(None, None, [], [], [], 52, [], report=notes.append)
+    assert full.train.max_steps == 2600 and quick.train.max_steps == 52  # 1/50 of the run
+    assert quick.synthetic == {**full.synthetic, "train": 100, "val": 10}  # floors: 60 and 1
+    assert quick.grounding["steps"] == 10 and quick.train.warmup_steps == 1
+    assert quick.train.eval_every == 10 and quick.eval_limit == 20 and quick.curve_limit == 10
+    assert quick.train.lr == full.train.lr and quick.train.global_batch_size == 16
+    assert notes == [
+        "--max-steps 52 of 2600: warmup, curve interval, synthetic data (100 training items of "
+        "each kind), grounding (10 steps), held-out scoring (20 records per source) shortened "
+        "in proportion"
+    ]
+    half = resolve_run(None, None, [], [], [], 1300, [])
+    assert half.synthetic["train"] == 1500 and half.grounding["steps"] == 150
+    assert (half.eval_limit, half.curve_limit, half.train.eval_every) == (100, 40, 250)
+    # a longer run than planned lengthens nothing else; --set still has the last word
+    notes.clear()
+    longer = resolve_run(None, None, [], [], [], 5000, ["eval_limit=7"], report=notes.append)
+    assert longer.synthetic == full.synthetic and longer.grounding == full.grounding
+    assert longer.eval_limit == 7 and longer.train.warmup_steps == 30 and notes == []
+    assert resolve_run(None, None, [], [], [], 52, ["grounding.steps=40"]).grounding["steps"] == 40
+
+
 def test_task_weights_reweight_the_synthetic_mixture(tmp_path):
     from sphinx_mllm.pipeline.training.run import DEMO_TASK_WEIGHTS, RunConfig, synthetic_sources
     from sphinx_mllm.pipeline.training.session import resolve_run

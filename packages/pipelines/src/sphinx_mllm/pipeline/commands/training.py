@@ -33,7 +33,14 @@ def train(
         typer.Option("--eval-data", help="Held-out LLaVA file(s) scored after training."),
     ] = None,
     out: Annotated[Path, typer.Option(help="Run directory.")] = DEFAULT_RUN_DIR,
-    max_steps: Annotated[int | None, typer.Option(min=1, help="Optimisation steps.")] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Optimisation steps; fewer than the run plans shortens its other phases "
+            "(warmup, synthetic data, grounding, held-out scoring) in proportion.",
+        ),
+    ] = None,
     settings: Annotated[
         list[str] | None,
         typer.Option("--set", help="key=value: a train field (lr=1e-3) or model.* by dotted path."),

@@ -240,6 +240,44 @@ class RunConfig:
             if value is not None
         }
 
+    def shortened(self, max_steps: int) -> tuple[RunConfig, str | None]:
+        """The run cut to `max_steps`, every phase in proportion when that is fewer steps than
+        the run has (`--max-steps 50` is a quick look of the whole run, not its first 50 steps):
+        warmup, the synthetic data's size, grounding steps, learning-curve interval and the
+        held-out records scored, each kept above a floor that still measures something. Also
+        returns a line saying what was shortened (None when nothing was)."""
+        data = self.to_dict()
+        planned = data["train"]["max_steps"]
+        data["train"]["max_steps"] = max_steps
+        if max_steps >= planned:
+            return RunConfig.from_dict(data), None
+
+        def part(value: int, floor: int) -> int:
+            return max(floor, round(value * max_steps / planned))
+
+        train = data["train"]
+        said = [f"--max-steps {max_steps} of {planned}: warmup"]
+        train["warmup_steps"] = min(train["warmup_steps"], part(train["warmup_steps"], 1))
+        if train["eval_every"]:
+            train["eval_every"] = part(train["eval_every"], 1)
+            said.append("curve interval")
+        if data["synthetic"] is not None:
+            synthetic = data["synthetic"]
+            synthetic["train"] = min(synthetic["train"], part(synthetic["train"], 100))
+            synthetic["val"] = min(synthetic["val"], part(synthetic["val"], 10))
+            said.append(f"synthetic data ({synthetic['train']} training items of each kind)")
+        if "grounding" in data:
+            grounding = data["grounding"]
+            steps = grounding.get("steps", GroundingConfig.steps)
+            grounding["steps"] = min(steps, part(steps, 10))
+            said.append(f"grounding ({grounding['steps']} steps)")
+        for key, floor in (("eval_limit", 20), ("curve_limit", 10)):
+            if data[key] is not None:
+                data[key] = min(data[key], part(data[key], floor))
+        if data["eval_limit"] is not None:
+            said.append(f"held-out scoring ({data['eval_limit']} records per source)")
+        return RunConfig.from_dict(data), ", ".join(said) + " shortened in proportion"
+
     def with_settings(self, settings: list[str]) -> RunConfig:
         """Apply `key=value` settings (`lr=1e-3`, `train.max_steps=50`, `eval_limit=20`,
         `model.llm.overrides.num_hidden_layers=2`); values are read as YAML scalars, and a key

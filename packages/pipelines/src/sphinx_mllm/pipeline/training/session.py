@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,10 @@ def resolve_run(
     eval_data: list[str],
     max_steps: int | None,
     settings: list[str],
+    report: Callable[[str], None] | None = None,
 ) -> RunConfig:
-    """The run the command line describes (see `sphinx-pipeline train --help`)."""
+    """The run the command line describes (see `sphinx-pipeline train --help`); `report` is
+    given a line for what --max-steps shortened besides the steps."""
     if config_file is not None:
         run = RunConfig.from_yaml_file(config_file)
     else:
@@ -116,7 +119,9 @@ def resolve_run(
     if eval_data:
         run.eval = pair_sources(eval_data, images[:1] if len(images) == 1 else [])
     if max_steps is not None:
-        run.train.max_steps = max_steps
+        run, shortened = run.shortened(max_steps)
+        if shortened and report is not None:
+            report(shortened)
     if settings:
         run = run.with_settings(settings)
     if not run.data and run.synthetic is None:
@@ -144,10 +149,15 @@ def run_training(
     from sphinx_mllm.pipeline.building import build_model, resolve_config
     from sphinx_mllm.pipeline.model import SphinxModel
 
-    run = resolve_run(config_file, preset, data, images, eval_data, max_steps, settings)
+    notes: list[str] = []
+    run = resolve_run(
+        config_file, preset, data, images, eval_data, max_steps, settings, report=notes.append
+    )
     check_run_directory(out, resume=resume, restart=restart)
     dist = Distributed.from_environment(device)
     say = _printer(dist.is_main)
+    for note in notes:
+        say(note)
     if restart and dist.is_main:
         _clear_run(out)
     dist.barrier()
