@@ -100,7 +100,7 @@ def test_a_bool_is_not_an_int_and_keys_are_strings():
 
 def test_a_bad_placement_and_dtype():
     assert _problems(ModelConfig.from_dict, _model(placement="suffix")) == (
-        "placement must be 'placeholder' or 'prefix', got 'suffix'",
+        "placement must be 'placeholder', 'prefix' or 'after_question', got 'suffix'",
     )
     assert _problems(tiny_config, dtype="int8") == (
         "dtype must be 'float32', 'bfloat16' or 'float16', got 'int8'",
@@ -124,7 +124,7 @@ def test_several_problems_are_all_named_one_per_line():
         "llm.name: expected a string, got None",
         "tokenizer: unknown field 'colour' (fields: source, image_token, image_token_id, "
         "pad_token, resize_embeddings)",
-        "placement must be 'placeholder' or 'prefix', got 'suffix'",
+        "placement must be 'placeholder', 'prefix' or 'after_question', got 'suffix'",
     )
 
 

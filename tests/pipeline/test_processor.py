@@ -44,7 +44,7 @@ def _reply_starts(labels):
     return [i for i, on in enumerate(labelled) if on and (i == 0 or not labelled[i - 1])]
 
 
-@pytest.mark.parametrize("placement", ["placeholder", "prefix"])
+@pytest.mark.parametrize("placement", ["placeholder", "prefix", "after_question"])
 @pytest.mark.parametrize("template", sorted(BUILTIN_TEMPLATES))
 def test_the_generation_prompt_is_the_training_sequence_up_to_each_answer(
     demo, template, placement
@@ -75,6 +75,25 @@ def test_prefix_placement_puts_the_images_after_bos_and_deletes_the_image_text(d
     at = ids.index(demo.image_token_id)
     assert demo.tokenizer.decode(ids[:at]).endswith("USER: ")  # where `<image>` was written
     assert demo.tokenizer.decode(ids[at + 67 :]).startswith("\nWhat colour is it?")
+
+
+def test_after_question_placement_puts_each_image_after_its_question(demo):
+    after = _variant(demo, BUILTIN_TEMPLATES["vicuna_v1"], "after_question")
+    ids = after([CONVERSATION], [[PHOTO]]).input_ids[0].tolist()
+    at = ids.index(demo.image_token_id)
+    assert demo.tokenizer.decode(ids[:at]).endswith("USER: What colour is it?\n")
+    assert ids[at : at + 67] == [demo.image_token_id] * 67
+    assert demo.tokenizer.decode(ids[at + 67 :]).startswith(" ASSISTANT: Red.")
+    # several images, and a prompt that names none: each after its message's text
+    turns = [
+        {"from": "human", "value": "<image> left, <image> right: which is red?"},
+        {"from": "gpt", "value": "The left."},
+    ]
+    assert after.messages(turns)[0]["value"] == "left,  right: which is red?\n<image>\n<image>"
+    bare = [{"role": "user", "content": "What colour is it?"}]
+    prompt = after.messages(bare, generation=True, num_images=1)
+    assert prompt[0]["content"] == "What colour is it?\n<image>" and bare[0]["content"][-1] == "?"
+    assert after.messages(bare) == bare  # no image: nothing moves
 
 
 def test_a_prompt_without_image_text_gets_the_template_slot(demo):

@@ -50,7 +50,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
-Placement = Literal["placeholder", "prefix"]
+Placement = Literal["placeholder", "prefix", "after_question"]
 Dtype = Literal["float32", "bfloat16", "float16"]
 PLACEMENTS: tuple[str, ...] = get_args(Placement)
 DTYPES: tuple[str, ...] = get_args(Dtype)
@@ -258,8 +258,10 @@ class GenerationDefaults:
 class ModelConfig:
     """A whole multi-modal model. `placement`: `placeholder` puts each image's visual tokens at
     its run of image-token ids (as Hugging Face's LLaVA does); `prefix` puts them right after BOS
-    (SPHINX). `dtype` is the dtype every component is built in. `generation`: how its replies are
-    decoded unless the caller says otherwise (configs saved before it existed get greedy)."""
+    (SPHINX); `after_question` after the text of their user message, so they see the question
+    (see `SphinxProcessor`). `dtype` is the dtype every component is built in. `generation`: how
+    its replies are decoded unless the caller says otherwise (configs saved before it existed
+    get greedy)."""
 
     vision: VisionConfig
     llm: LLMConfig

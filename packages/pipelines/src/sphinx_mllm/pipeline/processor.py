@@ -20,7 +20,12 @@ token (Hugging Face LLaVA's form), so the model only overwrites those positions:
   places the images when the messages hold none;
 - `prefix` (SPHINX): every image goes right after the template's leading BOS, and `<image>` is
   deleted from the messages, each message then stripped of surrounding whitespace (as
-  LLaMA2-Accessory's `ConversationGenerator` does).
+  LLaMA2-Accessory's `ConversationGenerator` does);
+- `after_question`: each user message's images follow its text (`<image>` moved to the end of
+  its message, after a newline; into the first user message when none holds one), so under
+  causal attention every visual token sees the question, as an instruction-aware Q-Former's
+  queries do (InstructBLIP). LLaVA's own data has both orders; this makes one of them the rule,
+  for training and inference alike.
 """
 
 from __future__ import annotations
@@ -167,12 +172,18 @@ class SphinxProcessor:
 
     # -- text ------------------------------------------------------------------------------------
 
-    def messages(self, conversation: Conversation, *, generation: bool = False) -> list[dict]:
+    def messages(
+        self, conversation: Conversation, *, generation: bool = False, num_images: int = 0
+    ) -> list[dict]:
         """The messages as the template renders them: `<image>` deleted under prefix placement,
-        and an empty assistant turn appended for a generation prompt."""
+        moved after the text under after_question placement (`num_images` of them into the first
+        user message when none holds one), and an empty assistant turn appended for a generation
+        prompt."""
         messages = [dict(message) for message in conversation]
         if self.placement == "prefix":
             messages = [self._without_image_text(message) for message in messages]
+        elif self.placement == "after_question":
+            messages = self._images_after_text(messages, num_images)
         if generation and not (messages and _asks_for_reply(messages[-1])):
             messages.append({"from": "gpt", "value": None})
         return messages
@@ -191,7 +202,7 @@ class SphinxProcessor:
         self._need_tokenizer()
         return render(
             self._render_template,
-            self.messages(conversation, generation=generation),
+            self.messages(conversation, generation=generation, num_images=num_images),
             self.tokenizer,
             image_token=self.image_token_id,
             image_token_count=1,
@@ -210,7 +221,10 @@ class SphinxProcessor:
         self._need_tokenizer()
         return render_batch(
             self._render_template,
-            [self.messages(conversation) for conversation in conversations],
+            [
+                self.messages(conversation, num_images=count)
+                for conversation, count in zip(conversations, num_images, strict=True)
+            ],
             self.tokenizer,
             image_token=self.image_token_id,
             image_token_count=1,
@@ -424,8 +438,21 @@ class SphinxProcessor:
                 "in the model config (e.g. 'demo' or a tokenizer directory)"
             )
 
+    def _images_after_text(self, messages: list[dict], num_images: int) -> list[dict]:
+        users = [m for m in messages if m.get("from", m.get("role")) in ("human", "user")]
+        users = [m for m in users if isinstance(m.get(_text_key(m)), str)]
+        if users and num_images and not any(self.image_text in m[_text_key(m)] for m in users):
+            users[0][_text_key(users[0])] += self.image_text * num_images  # moved below
+        for message in users:
+            key = _text_key(message)
+            count = message[key].count(self.image_text)
+            if count:
+                rest = message[key].replace(self.image_text, "").strip()
+                message[key] = "\n".join(([rest] if rest else []) + [self.image_text] * count)
+        return messages
+
     def _without_image_text(self, message: dict[str, Any]) -> dict[str, Any]:
-        key = "value" if "value" in message else "content"
+        key = _text_key(message)
         text = message.get(key)
         if isinstance(text, str) and self.image_text in text:
             message[key] = text.replace(self.image_text, "").strip()
@@ -448,6 +475,10 @@ def saved_tokenizer(directory: Path) -> Any:
         if (where / "tokenizer_config.json").is_file():
             return AutoTokenizer.from_pretrained(where)
     return None
+
+
+def _text_key(message: Mapping[str, Any]) -> str:
+    return "value" if "value" in message else "content"
 
 
 def _asks_for_reply(message: Mapping[str, Any]) -> bool:
