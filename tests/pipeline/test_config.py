@@ -47,7 +47,8 @@ def test_missing_and_bad_values_are_named():
     del data["llm"]
     with pytest.raises(ConfigError, match=r"^llm: field required$"):
         ModelConfig.from_dict(data)
-    with pytest.raises(ConfigError, match=r"^placement must be 'placeholder', 'prefix' or 'after_question', got"):
+    placements = "'placeholder', 'prefix' or 'after_question'"
+    with pytest.raises(ConfigError, match=rf"^placement must be {placements}, got"):
         tiny_config(placement="suffix")
     with pytest.raises(ConfigError, match=r"^dtype must be 'float32', 'bfloat16' or 'float16'"):
         tiny_config(dtype="int8")
